@@ -1,0 +1,75 @@
+# YOLO on Triton — the commands of the README.
+#   make serve            set up, build the detector model if missing, start Triton (HTTP 8000, gRPC 8001, metrics 8002)
+#   make test             set up and run the test suite
+#   make build-engines    build the detector artifacts for RUNTIME into build/ and the model repository
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+RUNTIME ?= onnxruntime
+MODELS ?= yolov7
+REPOSITORY ?= model_repository
+ARTIFACTS ?= build/artifacts
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+# WEIGHTS_yolov7=path/to/state_dict.pt uses real weights; without it the model gets seeded RANDOM weights
+SEED ?= 0
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv system-deps build-engines repository serve test client clean
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# Debian packages: libpythonX.Y for the Triton Python backend stub (it embeds the system libpython),
+# libb64-0d for perf_analyzer. Installed with apt-get when missing (root, or sudo).
+system-deps:
+	@ver=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
+	missing=""; \
+	ldconfig -p | grep -q "libpython$$ver.so.1.0" || missing="$$missing libpython$$ver"; \
+	ldconfig -p | grep -q "libb64.so.0d" || missing="$$missing libb64-0d"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==24.2
+	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "import yolo_triton.server as s; print('embedded tritonserver:', s.embedded_triton().binary)"
+	touch $@
+
+venv: $(STAMP)
+
+repository: $(STAMP)
+	$(PY) -m yolo_triton.repository --repository $(REPOSITORY) --models $(MODELS) --runtime $(RUNTIME)
+
+# RUNTIME=onnxruntime: export each model to ONNX (our PyTorch modules; user weights or seeded random ones)
+# and place it in the repository. Rebuilt only when missing: `make clean-artifacts` to force.
+build-engines: $(STAMP)
+	@for model in $(MODELS); do \
+	  onnx=$(ARTIFACTS)/$$model.onnx; weights_var=WEIGHTS_$$model; weights=$${!weights_var}; \
+	  if [ ! -f $$onnx ]; then \
+	    $(PY) build/create_onnx.py --model $$model --seed $(SEED) $${weights:+--weights $$weights} --output $$onnx || exit 1; \
+	  fi; \
+	  args="$$args $$model=$$onnx"; \
+	done; \
+	$(PY) -m yolo_triton.repository --repository $(REPOSITORY) --models $(MODELS) --runtime $(RUNTIME) --onnx $$args
+
+serve: build-engines
+	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-artifacts:
+	rm -rf $(ARTIFACTS) $(REPOSITORY)/*/1/model.onnx
+
+clean: clean-artifacts
+	rm -rf $(VENV)

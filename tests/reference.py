@@ -1,0 +1,99 @@
+"""An independent reference of the official YOLOv7 detect.py semantics, written for the tests only.
+
+It shares no code with ``yolo_triton``: its own letterbox, its own decoding, its own greedy NMS in plain numpy
+and its own scale-back, following the official code's rules (letterbox auto=False, pad 114, obj × cls, best
+class only, conf 0.25, per-class NMS at IoU 0.45, max_det 300, scale_coords with clip). The ensemble must
+give the same boxes.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+
+def ref_letterbox(img, new_hw, color=114):
+    h, w = img.shape[:2]
+    r = min(new_hw[0] / h, new_hw[1] / w)
+    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (new_hw[1] - unpad_w) / 2, (new_hw[0] - unpad_h) / 2
+    if (w, h) != (unpad_w, unpad_h):
+        img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    canvas = np.full((new_hw[0], new_hw[1], 3), color, dtype=np.uint8)
+    canvas[top : top + unpad_h, left : left + unpad_w] = img
+    return canvas
+
+
+def ref_input(encoded: bytes, new_hw) -> tuple:
+    """Returns (NCHW float32 batch of 1, original (h, w))."""
+    img = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+    boxed = ref_letterbox(img, new_hw)
+    x = boxed[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    return np.ascontiguousarray(x), img.shape[:2]
+
+
+def iou_one_to_many(box, boxes):
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + areas - inter)
+
+
+def ref_nms_per_class(boxes, scores, classes, iou_thres):
+    keep = []
+    for c in np.unique(classes):
+        idx = np.where(classes == c)[0]
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        while len(idx):
+            best, rest = idx[0], idx[1:]
+            keep.append(best)
+            idx = rest[iou_one_to_many(boxes[best], boxes[rest]) <= iou_thres]
+    keep = np.array(keep, dtype=np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300):
+    """pred: [K, 85] for one image. Returns (boxes xyxy original pixels, scores, classes) sorted by score."""
+    pred = pred[pred[:, 4] > conf]
+    cls_conf = pred[:, 5:] * pred[:, 4:5]
+    j = cls_conf.argmax(1)
+    s = cls_conf[np.arange(len(j)), j]
+    xy, wh = pred[:, :2], pred[:, 2:4]
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
+    m = s > conf
+    boxes, s, j = boxes[m], s[m], j[m]
+    keep = ref_nms_per_class(boxes, s, j, iou)[:max_det]
+    boxes, s, j = boxes[keep], s[keep], j[keep]
+    # scale_coords: gain and padding recomputed from the two shapes, then clip
+    h0, w0 = orig_hw
+    gain = min(input_hw[0] / h0, input_hw[1] / w0)
+    padx, pady = (input_hw[1] - w0 * gain) / 2, (input_hw[0] - h0 * gain) / 2
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - padx) / gain).clip(0, w0)
+    boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - pady) / gain).clip(0, h0)
+    return boxes, s, j
+
+
+class Reference:
+    """onnxruntime on the same ONNX file + the reference pre/post above."""
+
+    def __init__(self, onnx_path, input_hw):
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.input_hw = tuple(input_hw)
+        self._raw = {}
+
+    def raw(self, encoded: bytes):
+        key = hash(encoded)
+        if key not in self._raw:
+            x, orig_hw = ref_input(encoded, self.input_hw)
+            self._raw[key] = (self.session.run(None, {"images": x})[0][0], orig_hw)
+        return self._raw[key]
+
+    def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300):
+        pred, orig_hw = self.raw(encoded)
+        return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det)
