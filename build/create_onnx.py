@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Build stage 1: a YOLO detector spec -> a fused, checked ONNX file with a dynamic batch dimension.
+
+    python build/create_onnx.py --model yolov7 --output build/out/yolov7.onnx            # seeded random weights
+    python build/create_onnx.py --model yolov7 --weights yolov7_state.pt --output ...    # our own state dict
+
+The ONNX graph takes ``images`` FP32 [N, 3, H, W] (RGB, 0..1, letterboxed) and returns ``output`` FP32
+[N, K, 5 + nc] (the official export.py ``--grid`` layout: cx, cy, w, h in input pixels, objectness, class
+scores). The file's metadata_props say which spec, input size, layout and weights (random or not, which seed)
+it was built from, so that a later stage (TensorRT, Triton config) can check what it is handed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+# Run as ``python build/create_onnx.py`` from the repo root, Python puts build/ (this file's folder), not the
+# repo root, on sys.path; the ``yolo_triton`` package lives in the repo root, so add it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from yolo_triton import specs  # noqa: E402
+from yolo_triton.models.yolov7 import (  # noqa: E402
+    RANDOM_WEIGHTS_WARNING,
+    build_model,
+    init_random_weights,
+    load_weights,
+    save_weights,
+)
+
+LOGGER = logging.getLogger("yolo_triton")
+
+BATCH_AXIS = "batch"
+EXPORT_BATCH = 2  # trace with a batch other than 1, so that nothing gets specialised to a batch of one
+
+
+def _sha256(path: Union[str, os.PathLike]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLike]], seed: int,
+                   opset: int) -> Dict[str, str]:
+    """The key/value strings written into the ONNX ``metadata_props`` (lists and tuples as JSON)."""
+    random_weights = weights is None
+    return {
+        "model_name": spec.name,
+        "family": spec.family,
+        "input_name": specs.DETECTOR_INPUT,
+        "output_name": specs.DETECTOR_OUTPUT,
+        "input_size": json.dumps(list(spec.input_size)),  # [height, width]
+        "layout": spec.layout,
+        "num_classes": str(spec.num_classes),
+        "num_candidates": str(spec.num_candidates),
+        "strides": json.dumps(list(spec.strides)),
+        "anchors": json.dumps([list(a) for a in spec.anchors]),
+        "width_multiple": repr(float(spec.width_multiple)),
+        "random_weights": "true" if random_weights else "false",
+        "seed": str(int(seed)) if random_weights else "",
+        "weights": "" if random_weights else Path(weights).name,
+        "weights_sha256": "" if random_weights else _sha256(weights),
+        "opset": str(opset),
+        "producer": "yolo_triton build/create_onnx.py",
+    }
+
+
+def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
+                weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, opset: int = 17, *,
+                save_state_dict: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Build ``spec``'s model, load ``weights`` (or seeded random ones), fuse, export, check; returns the path.
+
+    ``save_state_dict``: also write the unfused state dict there (what ``--weights`` reads back).
+    The ONNX file is written to a temporary name in the output folder and renamed when complete, so a failed or
+    interrupted export never leaves a half-written file at ``output_path``.
+    """
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(spec)
+    if weights is None:
+        init_random_weights(model, seed)
+    else:
+        load_weights(model, weights)
+    model.eval()
+    if save_state_dict is not None:
+        save_weights(model, save_state_dict)
+    model.fuse()
+
+    dummy = torch.zeros(EXPORT_BATCH, 3, *spec.input_size)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp_name)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The feature map sizes become constants (only the batch is dynamic): that is intended.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # The TorchScript exporter (dynamo=False) and its internals are deprecated in favour of torch.export;
+            # it is used on purpose (stable opset-17 graphs for TensorRT), so its deprecation notices are noise.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp_path),
+                dynamo=False,
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=[specs.DETECTOR_INPUT],
+                output_names=[specs.DETECTOR_OUTPUT],
+                dynamic_axes={specs.DETECTOR_INPUT: {0: BATCH_AXIS}, specs.DETECTOR_OUTPUT: {0: BATCH_AXIS}},
+            )
+        proto = onnx.load(str(tmp_path))
+        # The tracer names the output's K and 5+nc dims symbolically; they are fixed, and Triton and TensorRT
+        # want them so. check_model(full_check=True) below re-infers the shapes and fails if they disagree.
+        out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+        out_dims[1].dim_value = spec.num_candidates
+        out_dims[2].dim_value = spec.num_outputs
+        metadata = build_metadata(spec, weights, seed, opset)
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        if weights is None:
+            proto.doc_string = f"{RANDOM_WEIGHTS_WARNING} (seed {int(seed)})"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp_path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp made it 0600; give it the permissions of a normal file
+        os.replace(tmp_path, output_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    LOGGER.info("wrote %s (%s, input %s, %s weights)", output_path, spec.name, "x".join(map(str, spec.input_size)),
+                "RANDOM" if weights is None else metadata["weights"])
+    return output_path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, choices=sorted(specs.SPECS), help="model spec name")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="state-dict file (torch.save(model.state_dict())); default: seeded random weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --weights); default 0")
+    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input height and width, multiples of the largest stride (default: the spec's)")
+    parser.add_argument("--width-multiple", type=float, default=None,
+                        help="channel width multiple (default: the spec's)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset; default 17")
+    parser.add_argument("--save-state-dict", type=Path, default=None,
+                        help="also save the (unfused) state dict here, readable by --weights")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    spec = specs.get_spec(args.model)
+    overrides = {}
+    if args.img_size is not None:
+        overrides["input_size"] = tuple(args.img_size)
+    if args.width_multiple is not None:
+        overrides["width_multiple"] = args.width_multiple
+    if overrides:
+        spec = spec.with_overrides(**overrides)
+    try:
+        export_onnx(spec, args.output, weights=args.weights, seed=args.seed, opset=args.opset,
+                    save_state_dict=args.save_state_dict)
+    except (FileNotFoundError, NotImplementedError) as exc:  # bad --weights: a message, not a traceback
+        LOGGER.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

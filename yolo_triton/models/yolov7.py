@@ -1,0 +1,497 @@
+"""YOLOv7 in plain PyTorch, built from a ``ModelSpec`` layer table.
+
+The network is assembled the way the official ``parse_model`` assembles it (same module order, same channel
+arithmetic, same ``model.<i>.…`` state-dict keys), so that official weights can later be mapped onto it
+one-to-one. Only what inference needs is here: no loss, no training-time augmentation.
+
+Public API:
+
+* :func:`build_model` — a :class:`YoloModel` from a spec (parameters left at their PyTorch defaults);
+* :func:`init_random_weights` — deterministic, seeded, *well-scaled* random weights (for tests and for a
+  pipeline that has to run before real weights exist; logs a loud warning);
+* :func:`load_weights` / :func:`save_weights` — plain state-dict files;
+* :meth:`YoloModel.fuse` — Conv+BN folding, RepConv re-parameterisation and implicit-knowledge folding.
+
+``YoloModel.forward`` returns the official ``export.py --grid`` layout: ``[N, K, 5 + nc]`` with
+``cx, cy, w, h`` in input pixels, objectness and per-class scores, all after the sigmoid.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..specs import ModelSpec
+
+LOGGER = logging.getLogger("yolo_triton")
+
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: boxes from this model are meaningless"
+
+# Official YOLOv7 sets every BatchNorm2d to these (utils/torch_utils.py: initialize_weights); eps matters for
+# inference with trained weights, momentum only for training.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    """Smallest multiple of ``divisor`` that is >= ``x`` (the official channel rounding)."""
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of ``bn(conv(x))`` for a bias-free conv with ``weight`` (eval-mode BN)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias, 'same' padding) + BatchNorm2d + SiLU; after :meth:`fuse` a biased Conv2d + SiLU."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, padding=k // 2, bias=False)
+        self.bn = _bn(c2)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "bn"):
+            return self.act(self.bn(self.conv(x)))
+        return self.act(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if not hasattr(self, "bn"):
+            return  # already fused
+        weight, bias = _fold_bn(self.conv.weight, self.bn)
+        conv = self.conv
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          groups=conv.groups, bias=True).to(weight.device)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        self.conv = fused
+        del self.bn
+
+
+class MP(nn.Module):
+    """2×2 max-pool with stride 2."""
+
+    def __init__(self, k: int = 2):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
+
+
+class Concat(nn.Module):
+    def __init__(self, dimension: int = 1):
+        super().__init__()
+        self.d = dimension
+
+    def forward(self, x: List[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(x, self.d)
+
+
+class SPPCSPC(nn.Module):
+    """CSP block around a spatial pyramid pool (max-pools 5, 9, 13 with stride 1)."""
+
+    def __init__(self, c1: int, c2: int, e: float = 0.5, k: Sequence[int] = (5, 9, 13)):
+        super().__init__()
+        c_ = int(2 * c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(c_, c_, 3, 1)
+        self.cv4 = Conv(c_, c_, 1, 1)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
+        self.cv5 = Conv(4 * c_, c_, 1, 1)
+        self.cv6 = Conv(c_, c_, 3, 1)
+        self.cv7 = Conv(2 * c_, c2, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.cv4(self.cv3(self.cv1(x)))
+        y1 = self.cv6(self.cv5(torch.cat([x1] + [m(x1) for m in self.m], 1)))
+        y2 = self.cv2(x)
+        return self.cv7(torch.cat((y1, y2), 1))
+
+
+class RepConv(nn.Module):
+    """RepVGG-style block: SiLU(3×3 conv+BN + 1×1 conv+BN [+ BN identity]); :meth:`fuse` makes it one conv."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1):
+        super().__init__()
+        if k % 2 != 1:
+            raise ValueError(f"RepConv needs an odd kernel size, got {k}")
+        self.act = nn.SiLU()
+        self.rbr_identity = _bn(c1) if c1 == c2 and s == 1 else None
+        self.rbr_dense = nn.Sequential(nn.Conv2d(c1, c2, k, s, padding=k // 2, bias=False), _bn(c2))
+        self.rbr_1x1 = nn.Sequential(nn.Conv2d(c1, c2, 1, s, padding=0, bias=False), _bn(c2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "rbr_reparam"):
+            return self.act(self.rbr_reparam(x))
+        y = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            y = y + self.rbr_identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if hasattr(self, "rbr_reparam"):
+            return  # already fused
+        dense_conv = self.rbr_dense[0]
+        k = dense_conv.kernel_size[0]
+        weight, bias = _fold_bn(dense_conv.weight, self.rbr_dense[1])
+        # The 1×1 branch is a k×k kernel that is zero except at the centre (its padding is 0, the dense one k//2).
+        w1, b1 = _fold_bn(self.rbr_1x1[0].weight, self.rbr_1x1[1])
+        weight = weight + nn.functional.pad(w1, [k // 2] * 4)
+        bias = bias + b1
+        if self.rbr_identity is not None:
+            # The identity is a k×k kernel with a 1 at the centre of channel i -> output i.
+            c = dense_conv.in_channels
+            eye = torch.zeros_like(weight)
+            eye[torch.arange(c), torch.arange(c), k // 2, k // 2] = 1.0
+            wi, bi = _fold_bn(eye, self.rbr_identity)
+            weight = weight + wi
+            bias = bias + bi
+        reparam = nn.Conv2d(dense_conv.in_channels, dense_conv.out_channels, k, dense_conv.stride,
+                            padding=k // 2, bias=True).to(weight.device)
+        reparam.weight.copy_(weight)
+        reparam.bias.copy_(bias)
+        self.rbr_reparam = reparam
+        del self.rbr_dense, self.rbr_1x1, self.rbr_identity
+
+
+class ImplicitA(nn.Module):
+    """Learned per-channel offset added to the input of a head conv."""
+
+    def __init__(self, channel: int, mean: float = 0.0, std: float = 0.02):
+        super().__init__()
+        self.implicit = nn.Parameter(torch.zeros(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implicit + x
+
+
+class ImplicitM(nn.Module):
+    """Learned per-channel factor multiplied onto the output of a head conv."""
+
+    def __init__(self, channel: int, mean: float = 1.0, std: float = 0.02):
+        super().__init__()
+        self.implicit = nn.Parameter(torch.ones(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implicit * x
+
+
+class IDetect(nn.Module):
+    """Detection head with implicit knowledge; decodes to ``[N, K, no]`` (boxes in input pixels)."""
+
+    def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], strides: Sequence[int]):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        if len(ch) != self.nl or len(strides) != self.nl:
+            raise ValueError(f"IDetect: {self.nl} anchor levels, {len(ch)} inputs, {len(strides)} strides")
+        self.stride: Tuple[int, ...] = tuple(int(s) for s in strides)  # plain attribute, as official (not saved)
+        a = torch.tensor(anchors, dtype=torch.float32).reshape(self.nl, -1, 2)  # pixels
+        # Official keeps ``anchors`` in stride units and ``anchor_grid`` in pixels; both are saved buffers.
+        self.register_buffer("anchors", a / torch.tensor(self.stride, dtype=torch.float32).reshape(-1, 1, 1))
+        self.register_buffer("anchor_grid", a.clone().reshape(self.nl, 1, -1, 1, 1, 2))
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self.ia = nn.ModuleList(ImplicitA(c) for c in ch)
+        self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
+        self.fused = False
+
+    @staticmethod
+    def _make_grid(nx: int, ny: int, device: torch.device) -> torch.Tensor:
+        yv, xv = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing="ij")
+        return torch.stack((xv, yv), 2).reshape(1, 1, ny, nx, 2).float()
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        z = []
+        for i in range(self.nl):
+            x = xs[i]
+            if self.fused:
+                x = self.m[i](x)
+            else:
+                x = self.im[i](self.m[i](self.ia[i](x)))
+            ny, nx = int(x.shape[2]), int(x.shape[3])  # fixed by the input size; the batch stays symbolic
+            # (bs, na*no, ny, nx) -> (bs, na, ny, nx, no); -1 keeps the batch dimension dynamic in ONNX.
+            x = x.reshape(-1, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)
+            y = x.sigmoid()
+            grid = self._make_grid(nx, ny, y.device).to(y.dtype)
+            xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * self.stride[i]
+            wh = (y[..., 2:4] * 2.0) ** 2 * self.anchor_grid[i]
+            y = torch.cat((xy, wh, y[..., 4:]), -1)
+            z.append(y.reshape(-1, self.na * ny * nx, self.no))
+        return torch.cat(z, 1)
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold ImplicitA into each conv's bias and ImplicitM into its weight and bias."""
+        if self.fused:
+            return
+        for conv, ia, im in zip(self.m, self.ia, self.im):
+            c_out, c_in = conv.weight.shape[:2]
+            # conv(x + a) = W x + (W a + b)
+            conv.bias.add_(conv.weight.reshape(c_out, c_in) @ ia.implicit.reshape(c_in))
+            # m * (W x + b) = (m W) x + m b
+            scale = im.implicit.reshape(c_out)
+            conv.bias.mul_(scale)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        del self.ia, self.im
+        self.fused = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class YoloModel(nn.Module):
+    """A layer table turned into modules; ``forward(images) -> [N, K, 5 + nc]``."""
+
+    def __init__(self, spec: ModelSpec, layers: List[nn.Module], save: Sequence[int]):
+        super().__init__()
+        self.spec = spec
+        self.model = nn.Sequential(*layers)
+        self.save = sorted(set(save))  # indices whose outputs later layers read
+        self.stride = torch.tensor(spec.strides, dtype=torch.float32)  # plain attribute, as official
+
+    @property
+    def detect(self) -> IDetect:
+        return self.model[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images
+        outputs: List[Optional[torch.Tensor]] = []
+        for m in self.model:
+            if m.f != -1:
+                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
+            x = m(x)
+            outputs.append(x if m.i in self.save else None)
+        return x
+
+    @torch.no_grad()
+    def fuse(self) -> "YoloModel":
+        """Fold BatchNorm, RepConv branches and implicit knowledge into plain biased convs (inference only)."""
+        for module in list(self.modules()):  # fuse() replaces children: do not walk a changing tree
+            if isinstance(module, (Conv, RepConv, IDetect)):
+                module.fuse()
+        return self
+
+    @property
+    def is_fused(self) -> bool:
+        return self.detect.fused
+
+
+def build_model(spec: ModelSpec) -> YoloModel:
+    """Build the network of ``spec`` as the official ``parse_model`` does (parameters at PyTorch defaults).
+
+    ``spec.depth_multiple`` has no effect on this table: every row has a repeat count of 1, which the official
+    ``parse_model`` never scales.
+    """
+    spec.validate()
+    gw = spec.width_multiple
+    ch: List[int] = [3]  # output channels per layer; starts with the image channels for layer 0's "-1"
+    layers: List[nn.Module] = []
+    save: List[int] = []
+    for i, (f, name, args) in enumerate(spec.layers):
+        args = tuple(args)
+        if name in ("Conv", "RepConv"):
+            c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
+            m = (Conv if name == "Conv" else RepConv)(c1, c2, *args[1:])
+        elif name == "SPPCSPC":
+            c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
+            m = SPPCSPC(c1, c2, *args[1:])
+        elif name == "Concat":
+            c2 = sum(ch[x] for x in f)
+            m = Concat(*args)
+        elif name == "MP":
+            c2 = ch[f]
+            m = MP(*args)
+        elif name == "Upsample":
+            c2 = ch[f]
+            m = nn.Upsample(scale_factor=args[0] if args else 2, mode="nearest")
+        elif name == "IDetect":
+            m = IDetect(spec.num_classes, spec.anchors, [ch[x] for x in f], spec.strides)
+            c2 = m.no * m.na
+        else:
+            raise ValueError(f"{spec.name}: layer {i}: unknown module {name!r}")
+        m.i, m.f, m.type = i, f, name
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    if not isinstance(layers[-1], IDetect):
+        raise ValueError(f"{spec.name}: the last layer must be IDetect, got {type(layers[-1]).__name__}")
+    return YoloModel(spec, layers, save)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _normal(gen: torch.Generator, shape, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    return torch.empty(shape).normal_(mean, std, generator=gen)
+
+
+def _uniform(gen: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
+    return torch.empty(shape).uniform_(low, high, generator=gen)
+
+
+# Random weights (see init_random_weights): BatchNorm gamma range; the RMS every BN brings its input to; the
+# calibration images' size (fixed, so that a seed's weights do not depend on the serving input size) and their
+# share of white noise (vs. smooth noise).
+BN_GAMMA_RANGE = (0.7, 1.3)
+BN_TARGET_STD = 8.0
+CALIBRATION_SIZE = (256, 256)
+CALIBRATION_WHITE_SHARE = (1.0, 0.0)
+
+
+@torch.no_grad()
+def init_random_weights(model: YoloModel, seed: int, head_std: float = 2.5) -> YoloModel:
+    """Seeded, deterministic random weights that keep activations in a sane range; logs a loud warning.
+
+    Everything is drawn from ``torch.Generator().manual_seed(seed)`` in module order, so the same seed gives the
+    same weights (bit-identical on one platform; the float32 calibration pass below may round differently in the
+    last bits on another CPU kind). They do not depend on the spec's input size.
+
+    * convs: He init ``N(0, 2 / fan_in)``; BatchNorm gamma ``U(0.7, 1.3)``, beta ``N(0, 0.1)``;
+    * BatchNorm running statistics, set by :func:`_calibrate_batchnorm` from one eval pass over seeded noise
+      images: var = (layer RMS / BN_TARGET_STD)² × U(0.8, 1.25) per channel, mean = N(0, 0.2) × layer RMS per
+      channel. Non-trivial (mean ≠ 0, var ≠ 1), so BN folding is really exercised, and every layer's
+      pre-activation sits at an RMS of ~BN_TARGET_STD, where SiLU acts like ReLU: a He-initialised ReLU network
+      keeps the scale of *any* input, so activations neither vanish nor blow up over ~100 layers, whatever the
+      image (per-channel statistics, or an O(1) scale where SiLU is not homogeneous, were measured to blow up
+      by 10-10^4 on inputs unlike the calibration batch);
+    * ImplicitA ``N(0, 0.1 · BN_TARGET_STD)``, ImplicitM ``N(1, 0.1)`` (wider than the official 0.02, to
+      exercise their folding);
+    * head convs: std ``head_std / (BN_TARGET_STD · sqrt(fan_in))`` (logits vary by ~``head_std``), bias
+      ``N(0, 0.05)`` plus the official ``_initialize_biases`` priors (objectness ``log(8 / (640 / s)²)``, classes
+      ``log(0.6 / (nc - 0.99))``). With the default, noise images were measured to give 0 to a few hundred
+      (of 25,200 at 640×640) candidates per image with objectness × class > 0.25, not thousands.
+    """
+    if model.is_fused:
+        raise ValueError("init_random_weights needs an unfused model (BatchNorm statistics are calibrated)")
+    gen = torch.Generator().manual_seed(int(seed))
+    detect = model.detect
+    head_convs = set(id(m) for m in detect.m)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_in = module.weight[0].numel()
+            if id(module) in head_convs:  # its input has an RMS of about BN_TARGET_STD (see _calibrate_batchnorm)
+                std = head_std / (BN_TARGET_STD * math.sqrt(fan_in))
+            else:
+                std = math.sqrt(2.0 / fan_in)
+            module.weight.copy_(_normal(gen, module.weight.shape, 0.0, std))
+            if module.bias is not None:
+                module.bias.copy_(_normal(gen, module.bias.shape, 0.0, 0.05))
+        elif isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.weight.copy_(_uniform(gen, (c,), *BN_GAMMA_RANGE))
+            module.bias.copy_(_normal(gen, (c,), 0.0, 0.1))
+        elif isinstance(module, ImplicitA):
+            module.implicit.copy_(_normal(gen, module.implicit.shape, 0.0, 0.1 * BN_TARGET_STD))
+        elif isinstance(module, ImplicitM):
+            module.implicit.copy_(_normal(gen, module.implicit.shape, 1.0, 0.1))
+    # Prior biases (official _initialize_biases): ~8 objects per 640×640 image, class probability ~0.6/nc.
+    for conv, s in zip(detect.m, detect.stride):
+        b = conv.bias.reshape(detect.na, -1)
+        b[:, 4] += math.log(8 / (640 / s) ** 2)
+        b[:, 5:] += math.log(0.6 / (detect.nc - 0.99))
+    _calibrate_batchnorm(model, gen)
+    LOGGER.warning("%s (model %s, seed %d): do not serve these results as detections",
+                   RANDOM_WEIGHTS_WARNING, model.spec.name, int(seed))
+    return model
+
+
+def _calibration_images(gen: torch.Generator, height: int, width: int) -> torch.Tensor:
+    """Seeded noise images in 0..1, from white noise to smooth (1/16-resolution, upsampled) noise."""
+    n = len(CALIBRATION_WHITE_SHARE)
+    white = _uniform(gen, (n, 3, height, width), 0.0, 1.0)
+    coarse = _uniform(gen, (n, 3, max(height // 16, 1), max(width // 16, 1)), 0.0, 1.0)
+    smooth = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    share = torch.tensor(CALIBRATION_WHITE_SHARE).reshape(n, 1, 1, 1)
+    return share * white + (1.0 - share) * smooth
+
+
+def _calibrate_batchnorm(model: YoloModel, gen: torch.Generator) -> None:
+    """Set each BN's running stats from the RMS of its actual input on seeded noise images.
+
+    One number per layer (the RMS over channels, positions and images) sets the scale; the per-channel
+    spread is random. Per-channel calibrated statistics were tried and rejected: channels that happen to be
+    near-constant on the calibration batch get divided by a tiny std, and errors in the calibrated means add up
+    layer after layer, so the network blew up on other images.
+    """
+    images = _calibration_images(gen, *CALIBRATION_SIZE)
+
+    def set_stats(bn: nn.BatchNorm2d, inputs) -> None:
+        c = bn.num_features
+        rms = inputs[0].square().mean().sqrt()  # one number per layer, from all channels and positions
+        bn.running_mean.copy_(_normal(gen, (c,), 0.0, 0.2) * rms)
+        bn.running_var.copy_((rms / BN_TARGET_STD) ** 2 * _uniform(gen, (c,), 0.8, 1.25))
+
+    # Pre-hooks fire in forward order, so each BN is set before its (eval-mode) forward uses the stats.
+    handles = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(images.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def save_weights(model: YoloModel, path: Union[str, os.PathLike]) -> None:
+    """Save ``model.state_dict()`` as a plain file that :func:`load_weights` reads back."""
+    torch.save(model.state_dict(), os.fspath(path))
+
+
+def load_weights(model: YoloModel, path: Union[str, os.PathLike]) -> YoloModel:
+    """Load a plain state-dict file (``torch.save(model.state_dict())``) into ``model``, strictly.
+
+    A state dict of a fused model is accepted too: the model is fused first. Official YOLOv7 ``.pt``
+    checkpoints (pickled whole models) are not supported yet and raise ``NotImplementedError``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # pickled modules (official checkpoints) are refused by weights_only
+        raise NotImplementedError(
+            f"{path}: not a plain state-dict file. Only files written by torch.save(model.state_dict()) from "
+            "yolo_triton are supported; official YOLOv7 .pt checkpoints (pickled models) are not supported "
+            "yet.") from exc
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        what = f"keys {sorted(map(str, state))[:5]}" if isinstance(state, dict) else type(state).__name__
+        raise NotImplementedError(
+            f"{path}: not a plain state dict of tensors (got {what}); official YOLOv7 .pt checkpoints "
+            "({'model': ..., 'optimizer': ...}) are not supported yet.")
+    if any(k.endswith("rbr_reparam.weight") for k in state) and not model.is_fused:
+        model.fuse()
+    model.load_state_dict(state, strict=True)
+    return model
