@@ -1,0 +1,103 @@
+"""Fixtures: real photos, exported ONNX models, and one real tritonserver for the whole session.
+
+The server runs the model repository exactly as ``make serve`` writes it, for two specs: a narrow, small-input
+YOLOv7 (fast on 2 CPU cores, used by most tests) and the full 640 YOLOv7.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage
+
+from yolo_triton.repository import write_repository
+from yolo_triton.server import TritonServer
+
+from .helpers import FULL, SMALL
+from .reference import Reference
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTO_DIR = Path(skimage.__file__).parent / "data"
+
+
+
+def _encode(image, ext=".jpg", quality=95):
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
+    ok, buffer = cv2.imencode(ext, image, params)
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Encoded real photos at several sizes and aspect ratios: name → bytes."""
+    read = lambda name: cv2.imread(str(PHOTO_DIR / name), cv2.IMREAD_COLOR)  # noqa: E731
+    astronaut, chelsea, coffee = read("astronaut.png"), read("chelsea.png"), read("coffee.png")
+    motorcycle, rocket = read("motorcycle_left.png"), read("rocket.jpg")
+    return {
+        "astronaut_square_png": (PHOTO_DIR / "astronaut.png").read_bytes(),
+        "chelsea_landscape_png": (PHOTO_DIR / "chelsea.png").read_bytes(),
+        "rocket_jpg": (PHOTO_DIR / "rocket.jpg").read_bytes(),
+        "coffee_landscape_jpg": _encode(coffee),
+        "motorcycle_portrait_jpg": _encode(cv2.rotate(motorcycle, cv2.ROTATE_90_CLOCKWISE)),
+        "chelsea_tiny_jpg": _encode(cv2.resize(chelsea, (23, 15), interpolation=cv2.INTER_AREA)),
+        "astronaut_4k_jpg": _encode(cv2.resize(astronaut, (4400, 2900), interpolation=cv2.INTER_CUBIC), quality=90),
+        "rocket_gray_png": _encode(cv2.cvtColor(rocket, cv2.COLOR_BGR2GRAY), ".png"),
+    }
+
+
+def _load_create_onnx():
+    spec = importlib.util.spec_from_file_location("create_onnx", ROOT / "build" / "create_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory):
+    """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs)."""
+    create_onnx = _load_create_onnx()
+    # the cache key includes the architecture's source, so a changed init or layer never reuses a stale file
+    code = hashlib.sha256((ROOT / "yolo_triton" / "models" / "yolov7.py").read_bytes()).hexdigest()[:12]
+    cache = ROOT / "build" / "artifacts" / "test" / code
+    paths = {}
+    for spec in (SMALL, FULL):
+        path = cache / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-w{spec.width_multiple}-seed0.onnx"
+        if not path.exists():
+            create_onnx.export_onnx(spec, path, seed=0)
+        paths[spec.name] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, onnx_models):
+    return write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL], "onnxruntime", onnx_models)
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer(repository, log_path=log, extra=["--log-verbose=0"]) as running:
+        yield running
+    if os.environ.get("CI"):
+        print(running.log_tail(40))
+
+
+@pytest.fixture(scope="session")
+def reference_small(onnx_models):
+    return Reference(onnx_models[SMALL.name], SMALL.input_size)
+
+
+@pytest.fixture(scope="session")
+def reference_full(onnx_models):
+    return Reference(onnx_models[FULL.name], FULL.input_size)
+
+
+@pytest.fixture(params=["grpc", "http"])
+def protocol(request):
+    return request.param

@@ -1,0 +1,28 @@
+"""Client helpers for the end-to-end tests: thin tritonclient calls, as a user's client would make them."""
+from __future__ import annotations
+
+import numpy as np
+
+from yolo_triton import specs
+
+# most tests use a narrow YOLOv7 at a small input (fast on 2 CPU cores); one uses the full 640 model
+SMALL = specs.YOLOV7.with_overrides(name="yolov7_small", input_size=(256, 320), width_multiple=0.25)
+FULL = specs.YOLOV7
+
+def client_for(server, protocol):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+
+        return module, module.InferenceServerClient(server.grpc_url)
+    import tritonclient.http as module
+
+    return module, module.InferenceServerClient(server.http_url, concurrency=16, network_timeout=300)
+
+
+def infer_images(module, client, model, images, parameters=None, timeout=None):
+    """One request holding ``images`` (list of bytes) → dict of output arrays."""
+    tensor = module.InferInput(specs.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[image] for image in images], dtype=object))
+    outputs = [module.InferRequestedOutput(name) for name in specs.ENSEMBLE_OUTPUTS]
+    result = client.infer(model, [tensor], outputs=outputs, parameters=parameters)
+    return {name: result.as_numpy(name) for name in specs.ENSEMBLE_OUTPUTS}

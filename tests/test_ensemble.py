@@ -1,0 +1,178 @@
+"""End to end: encoded photos into the ensemble on a real tritonserver, boxes compared with the reference."""
+from __future__ import annotations
+
+import concurrent.futures
+import random
+
+import numpy as np
+import pytest
+
+from yolo_triton import specs
+
+from .helpers import FULL, SMALL, client_for, infer_images
+
+# random weights put most scores near the official class-bias prior; a low threshold gives many boxes to compare
+LOW_CONF = {"conf_threshold": 0.02}
+
+
+def assert_same_detections(result, expected, index=0, box_tol=0.05, score_tol=1e-4):
+    n = int(result["num_detections"][index, 0])
+    boxes, scores, classes = expected
+    assert n == len(scores), f"{n} detections, reference has {len(scores)}"
+    np.testing.assert_array_equal(result["classes"][index, :n], classes)
+    np.testing.assert_allclose(result["scores"][index, :n], scores, atol=score_tol)
+    np.testing.assert_allclose(result["boxes"][index, :n], boxes, atol=box_tol)
+    names = [name.decode() for name in result["class_names"][index, :n]]
+    assert names == [specs.COCO80_NAMES[c] for c in classes]
+    # padding beyond the real detections is marked, never mistaken for a box
+    assert (result["classes"][index, n:] == -1).all()
+
+
+@pytest.mark.parametrize(
+    "photo",
+    [
+        "astronaut_square_png",
+        "chelsea_landscape_png",
+        "rocket_jpg",
+        "coffee_landscape_jpg",
+        "motorcycle_portrait_jpg",
+        "chelsea_tiny_jpg",
+        "astronaut_4k_jpg",
+        "rocket_gray_png",
+    ],
+)
+def test_photo_matches_reference(server, protocol, photos, reference_small, photo):
+    module, client = client_for(server, protocol)
+    result = infer_images(module, client, SMALL.ensemble_name, [photos[photo]], parameters=LOW_CONF)
+    expected = reference_small.detect(photos[photo], conf=LOW_CONF["conf_threshold"])
+    assert len(expected[1]) > 0, "the reference finds nothing: the comparison would prove nothing"
+    assert_same_detections(result, expected)
+    # boxes lie inside the original image
+    height, width = reference_small.raw(photos[photo])[1]
+    n = int(result["num_detections"][0, 0])
+    boxes = result["boxes"][0, :n]
+    assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= width).all()
+    assert (boxes[:, [1, 3]] >= 0).all() and (boxes[:, [1, 3]] <= height).all()
+
+
+def test_full_size_yolov7_matches_reference(server, photos, reference_full):
+    """The real 640×640 YOLOv7 (36.9 M parameters), defaults from config.pbtxt and a low threshold."""
+    assert server.is_ready()
+    module, client = client_for(server, "grpc")
+    photo = photos["motorcycle_portrait_jpg"]
+    result = infer_images(module, client, FULL.ensemble_name, [photo], parameters=LOW_CONF)
+    expected = reference_full.detect(photo, conf=LOW_CONF["conf_threshold"])
+    assert len(expected[1]) > 0
+    assert_same_detections(result, expected)
+    assert result["boxes"].shape[1:] == (len(expected[1]), 4)
+
+
+def test_thresholds_default_from_config(server, protocol, photos, reference_full):
+    """No request parameters: the full model's config.pbtxt defaults (conf 0.25, IoU 0.45) apply."""
+    module, client = client_for(server, protocol)
+    photo = photos["coffee_landscape_jpg"]
+    result = infer_images(module, client, FULL.ensemble_name, [photo])
+    expected = reference_full.detect(photo, conf=FULL.conf_threshold, iou=FULL.iou_threshold)
+    assert len(expected[1]) > 0, "no boxes at the default threshold: the comparison would prove nothing"
+    assert_same_detections(result, expected)
+    # and the default differs from a lower override, so the config value is what was applied
+    assert len(reference_full.detect(photo, conf=0.1)[1]) > len(expected[1])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"conf_threshold": 0.05, "iou_threshold": 0.3},
+        {"conf_threshold": 0.01, "iou_threshold": 0.7, "max_detections": 5},
+        {"conf_threshold": 0.9},
+    ],
+)
+def test_request_parameters_override_thresholds(server, protocol, photos, reference_small, overrides):
+    module, client = client_for(server, protocol)
+    photo = photos["astronaut_square_png"]
+    result = infer_images(module, client, SMALL.ensemble_name, [photo], parameters=overrides)
+    expected = reference_small.detect(
+        photo,
+        conf=overrides.get("conf_threshold", 0.25),
+        iou=overrides.get("iou_threshold", 0.45),
+        max_det=overrides.get("max_detections", 300),
+    )
+    assert_same_detections(result, expected)
+    if "max_detections" in overrides:
+        assert int(result["num_detections"][0, 0]) == overrides["max_detections"]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"conf_threshold": 1.5}, "conf_threshold must be a number in [0, 1]"),
+        ({"confidence": 0.3}, "unknown parameter(s) confidence"),
+        ({"max_detections": "many"}, "max_detections must be an integer"),
+    ],
+)
+def test_bad_request_parameter_is_a_clear_error(server, protocol, photos, bad, message):
+    module, client = client_for(server, protocol)
+    with pytest.raises(module.InferenceServerException) as raised:
+        infer_images(module, client, SMALL.ensemble_name, [photos["rocket_jpg"]], parameters=bad)
+    assert message in str(raised.value)
+
+
+def test_one_request_with_several_images(server, protocol, photos, reference_small):
+    module, client = client_for(server, protocol)
+    names = ["rocket_jpg", "chelsea_tiny_jpg", "coffee_landscape_jpg"]
+    result = infer_images(module, client, SMALL.ensemble_name, [photos[n] for n in names], parameters=LOW_CONF)
+    assert result["num_detections"].shape == (3, 1)
+    for index, name in enumerate(names):
+        assert_same_detections(result, reference_small.detect(photos[name], conf=0.02), index=index)
+
+
+def test_concurrent_requests_of_different_sizes_each_get_their_answer(server, photos, reference_small):
+    """64 requests in flight at once over both protocols: dynamic batching mixes them; none may swap or drop."""
+    names = sorted(photos)
+    order = [names[i % len(names)] for i in range(64)]
+    random.Random(7).shuffle(order)
+    expected = {name: reference_small.detect(photos[name], conf=0.02) for name in names}
+
+    def call(i_name):
+        index, name = i_name
+        module, client = client_for(server, "grpc" if index % 2 else "http")
+        return name, infer_images(module, client, SMALL.ensemble_name, [photos[name]], parameters=LOW_CONF)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(call, enumerate(order)))
+    assert len(results) == len(order)
+    for name, result in results:
+        assert_same_detections(result, expected[name])
+
+
+def test_corrupt_image_gets_clear_error_and_others_are_unaffected(server, photos, reference_small):
+    good = photos["rocket_jpg"]
+    corrupt = good[:200] + bytes(random.Random(1).getrandbits(8) for _ in range(800))
+    junk = b"this is not an image"
+    expected = reference_small.detect(good, conf=0.02)
+    payloads = [good, corrupt, good, junk, good, b"", good, corrupt] * 3
+
+    def call(i_payload):
+        index, payload = i_payload
+        module, client = client_for(server, "grpc" if index % 2 else "http")
+        try:
+            return "ok", infer_images(module, client, SMALL.ensemble_name, [payload], parameters=LOW_CONF)
+        except module.InferenceServerException as error:
+            return "error", str(error)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(call, enumerate(payloads)))
+    for payload, (status, value) in zip(payloads, results):
+        if payload == good:
+            assert status == "ok", value
+            assert_same_detections(value, expected)
+        else:
+            assert status == "error"
+            assert "cannot decode" in value or "empty input" in value, value
+    assert server.is_ready() and server.is_alive()
+
+
+def test_error_in_a_multi_image_request_names_the_element(server, photos):
+    module, client = client_for(server, "grpc")
+    with pytest.raises(module.InferenceServerException, match=r"IMAGE\[1\]: cannot decode"):
+        infer_images(module, client, SMALL.ensemble_name, [photos["rocket_jpg"], b"\xff\xd8\xff garbage"])

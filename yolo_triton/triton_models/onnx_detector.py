@@ -1,0 +1,76 @@
+"""Detector step on the embedded default: the exported ONNX run by onnxruntime on the CPU.
+
+Requests arriving together (dynamic batching) are stacked into one batch, run once, and split back, so this
+model batches like the TensorRT plan that replaces it on GPU hosts; the ensemble does not change.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from yolo_triton import specs
+
+from .common import config_parameters, error_response, logger, parse_model_config
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_model_config(args)
+        params = config_parameters(config)
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        options = ort.SessionOptions()
+        threads = int(params.get("intra_op_threads", "0"))  # 0: onnxruntime picks (all cores)
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
+        self._check_io(config, path)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if metadata.get("random_weights") == "true":
+            logger.warning("%s: RANDOM WEIGHTS (seed %s): boxes from this model are meaningless", args["model_name"], metadata.get("seed"))
+
+    def _check_io(self, config, path):
+        """The ONNX must have exactly the tensors config.pbtxt declares (names and per-item dims)."""
+        declared = {
+            "input": {t["name"]: [int(d) for d in t["dims"]] for t in config["input"]},
+            "output": {t["name"]: [int(d) for d in t["dims"]] for t in config["output"]},
+        }
+        actual = {
+            "input": {t.name: t.shape[1:] for t in self.session.get_inputs()},
+            "output": {t.name: t.shape[1:] for t in self.session.get_outputs()},
+        }
+        for kind in ("input", "output"):
+            if set(declared[kind]) != set(actual[kind]):
+                raise pb_utils.TritonModelException(
+                    f"{path}: {kind}s {sorted(actual[kind])} differ from config.pbtxt {sorted(declared[kind])}"
+                )
+            for name, dims in declared[kind].items():
+                onnx_dims = actual[kind][name]
+                if any(isinstance(a, int) and a != d for a, d in zip(onnx_dims, dims)) or len(onnx_dims) != len(dims):
+                    raise pb_utils.TritonModelException(f"{path}: {kind} {name} has dims {onnx_dims}, config.pbtxt says {dims}")
+        self.output_names = [t.name for t in self.session.get_outputs()]
+
+    def execute(self, requests):
+        images = [pb_utils.get_input_tensor_by_name(r, specs.DETECTOR_INPUT).as_numpy() for r in requests]
+        try:
+            outputs = self._run(np.concatenate(images) if len(images) > 1 else images[0])
+        except Exception as error:  # an onnxruntime failure fails this batch's requests, not the server
+            return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
+        responses, start = [], 0
+        for image in images:
+            stop = start + len(image)
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop])) for name, out in zip(self.output_names, outputs)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start = stop
+        return responses
+
+    def _run(self, batch):
+        # a scheduler batch never exceeds max_batch_size, but client-side batches stacked together could
+        chunks = [batch[i : i + self.max_batch_size] for i in range(0, len(batch), self.max_batch_size)]
+        results = [self.session.run(self.output_names, {specs.DETECTOR_INPUT: chunk}) for chunk in chunks]
+        return [np.concatenate(parts) for parts in zip(*results)]
+
+    def finalize(self):
+        self.session = None

@@ -1,0 +1,57 @@
+"""Postprocess step of the ensemble: detector output + letterbox meta → boxes, scores, classes, names.
+
+Thresholds default from config.pbtxt ``parameters``; a request may override them with Triton request
+parameters (``conf_threshold``, ``iou_threshold``, ``max_detections``), which the ensemble passes down.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from yolo_triton import specs
+from yolo_triton.postprocess import DetectionParams, postprocess
+from yolo_triton.preprocess import LetterboxMeta
+
+from .common import config_parameters, error_response, parse_model_config
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = config_parameters(parse_model_config(args))
+        self.layout = params["layout"]
+        with open(os.path.join(args["model_repository"], params["labels_file"]), encoding="utf-8") as labels_file:
+            self.labels = np.array([line.rstrip("\n").encode() for line in labels_file], dtype=object)
+        self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS if key in params})
+
+    def execute(self, requests):
+        return [self._execute_one(request) for request in requests]
+
+    def _execute_one(self, request):
+        try:
+            params = DetectionParams.from_request_json(self.defaults, request.parameters())
+        except ValueError as error:
+            return error_response(f"bad request parameter: {error}")
+        predictions = pb_utils.get_input_tensor_by_name(request, specs.DETECTOR_OUTPUT).as_numpy()
+        metas = pb_utils.get_input_tensor_by_name(request, specs.LETTERBOX_META).as_numpy()
+        results = [
+            postprocess(prediction.astype(np.float32, copy=False), LetterboxMeta.from_array(meta), params, self.layout)
+            for prediction, meta in zip(predictions, metas)
+        ]
+        return pb_utils.InferenceResponse(output_tensors=self._pack(results))
+
+    def _pack(self, results):
+        """A request may hold several images: pad to its largest count; ``num_detections`` says how many are real."""
+        batch, width = len(results), max((len(r) for r in results), default=0)
+        counts = np.array([[len(r)] for r in results], dtype=np.int32)
+        boxes = np.zeros((batch, width, 4), np.float32)
+        scores = np.zeros((batch, width), np.float32)
+        classes = np.full((batch, width), -1, np.int32)
+        names = np.full((batch, width), b"", dtype=object)
+        for i, result in enumerate(results):
+            n = len(result)
+            boxes[i, :n], scores[i, :n], classes[i, :n] = result.boxes, result.scores, result.classes
+            names[i, :n] = self.labels[result.classes]
+        values = (counts, boxes, scores, classes, names)
+        return [pb_utils.Tensor(name, value) for name, value in zip(specs.ENSEMBLE_OUTPUTS, values)]
