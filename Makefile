@@ -2,6 +2,7 @@
 #   make serve            set up, build the detector model if missing, start Triton (HTTP 8000, gRPC 8001, metrics 8002)
 #   make test             set up and run the test suite
 #   make build-engines    build the detector artifacts for RUNTIME into build/ and the model repository
+#   make perf             perf_analyzer sweep against the running `make serve` (CSV, JSON, PNG in build/perf)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,11 +16,14 @@ METRICS_PORT ?= 8002
 # WEIGHTS_yolov7=path/to/state_dict.pt uses real weights; without it the model gets seeded RANDOM weights
 SEED ?= 0
 PYTEST_ARGS ?=
+PERF_MODEL ?= yolov7_e2e
+PERF_CONCURRENCY ?= 1 2 4 8
+PERF_ARGS ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv system-deps build-engines repository serve test client clean
+.PHONY: help venv system-deps build-engines repository serve test perf clean clean-artifacts
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -67,6 +71,9 @@ serve: build-engines
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+perf: $(STAMP)
+	$(PY) tools/perf.py -u localhost:$(GRPC_PORT) -m $(PERF_MODEL) --concurrency $(PERF_CONCURRENCY) --out build/perf $(PERF_ARGS)
 
 clean-artifacts:
 	rm -rf $(ARTIFACTS) $(REPOSITORY)/*/1/model.onnx

@@ -1,0 +1,38 @@
+"""`make perf` smoke: real perf_analyzer against the session's server, tiny settings."""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from .helpers import SMALL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bytes_input_data_carries_the_length_prefix():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import perf
+
+    data = perf.input_data_json([b"\xff\xd8abc", b"xy"])
+    raw = base64.b64decode(data["data"][0]["IMAGE"]["b64"])
+    assert struct.unpack("<I", raw[:4])[0] == 5 and raw[4:] == b"\xff\xd8abc"
+    assert data["data"][1]["IMAGE"]["shape"] == [1]
+
+
+def test_perf_sweep_writes_csv_json_and_plot(server, tmp_path):
+    out = tmp_path / "perf"
+    command = [sys.executable, str(ROOT / "tools" / "perf.py"), "-u", server.grpc_url, "-m", SMALL.ensemble_name,
+               "--concurrency", "1", "2", "--measurement-ms", "1500", "--max-trials", "3", "--stability", "100", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "perf.csv")))
+    assert {r["model"] for r in rows} == {SMALL.ensemble_name, SMALL.name}  # ensemble and its baseline
+    assert all(float(r["throughput_img_s"]) > 0 for r in rows)
+    report = json.loads((out / "perf.json").read_text())
+    assert all(r["ratio_to_baseline"] > 0 for r in report["rows"])
+    assert (out / "perf.png").read_bytes()[:4] == b"\x89PNG"
