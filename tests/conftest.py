@@ -63,7 +63,8 @@ def onnx_models(tmp_path_factory):
     """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs)."""
     create_onnx = _load_create_onnx()
     # the cache key includes the architecture's source, so a changed init or layer never reuses a stale file
-    code = hashlib.sha256((ROOT / "yolo_triton" / "models" / "yolov7.py").read_bytes()).hexdigest()[:12]
+    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/specs.py", "build/create_onnx.py")
+    code = hashlib.sha256(b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()[:12]
     cache = ROOT / "build" / "artifacts" / "test" / code
     paths = {}
     for spec in (SMALL, FULL):

@@ -7,7 +7,9 @@ from yolo_triton import specs
 
 # most tests use a narrow YOLOv7 at a small input (fast on 2 CPU cores); one uses the full 640 model
 SMALL = specs.YOLOV7.with_overrides(name="yolov7_small", input_size=(256, 320), width_multiple=0.25)
-FULL = specs.YOLOV7
+# the full model's config default differs from DetectionParams' built-in 0.25, so a test can tell that the
+# server really applies the value in config.pbtxt
+FULL = specs.YOLOV7.with_overrides(conf_threshold=0.3)
 
 def client_for(server, protocol):
     if protocol == "grpc":

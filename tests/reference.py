@@ -15,7 +15,8 @@ import onnxruntime as ort
 def ref_letterbox(img, new_hw, color=114):
     h, w = img.shape[:2]
     r = min(new_hw[0] / h, new_hw[1] / w)
-    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    # the official code would crash on a 1-pixel-high strip (height rounds to 0); we keep at least 1 pixel
+    unpad_w, unpad_h = max(1, int(round(w * r))), max(1, int(round(h * r)))
     dw, dh = (new_hw[1] - unpad_w) / 2, (new_hw[0] - unpad_h) / 2
     if (w, h) != (unpad_w, unpad_h):
         img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)

@@ -18,7 +18,7 @@ def random_photo(h, w, seed=0):
     return np.clip(base.astype(np.int16) + rng.integers(-5, 6, base.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (15, 23), (2900, 4400), (640, 640), (1, 1), (10, 1000), (333, 333)])
+@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (15, 23), (2900, 4400), (640, 640), (1, 1), (10, 1000), (333, 333), (1, 3000)])
 @pytest.mark.parametrize("target", [(640, 640), (256, 320), (608, 608)])
 def test_letterbox_matches_reference(hw, target):
     image = random_photo(*hw)
@@ -63,6 +63,8 @@ def test_decode_gives_three_channel_uint8(make):
         (b"", pre.DecodeLimits(), "empty input"),
         (b"GIF89a not really", pre.DecodeLimits(), "cannot decode"),
         (b"x" * 2000, pre.DecodeLimits(max_bytes=1000), "over the limit of 1000"),
+        # a 16-byte PPM header declaring 2,000,000×1 pixels: OpenCV would throw, HDR-like headers could OOM
+        (b"P6\n2000000 1\n255\n", pre.DecodeLimits(), "unsupported image format PPM"),
     ],
 )
 def test_decode_errors_are_clear(data, limits, message):

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP")  # Pillow's names; MPO is a multi-picture JPEG
 META_SIZE = 5  # original height, original width, gain, pad x, pad y — the LETTERBOX_META tensor
 
 
@@ -83,16 +84,21 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
 def _check_declared_size(buffer: np.ndarray, limits: DecodeLimits) -> None:
     """Refuse a decompression bomb from its header: a few hundred bytes can declare gigapixels.
 
-    Pillow's ``Image.open`` reads the header only; formats it cannot parse are left to OpenCV (which has its
-    own cap, ``OPENCV_IO_MAX_IMAGE_PIXELS``) and checked again after decoding.
+    Pillow's ``Image.open`` reads the header only. Only the formats we support pass; anything else is refused
+    here, so OpenCV never decodes a size nobody checked.
     """
     try:
         with Image.open(io.BytesIO(buffer.tobytes())) as header:
-            width, height = header.size
+            width, height, kind = *header.size, header.format
     except Image.DecompressionBombError as error:  # Pillow's own cap, far above ours: still a bomb
         raise ImageDecodeError(f"image declares too many pixels: {error}") from None
-    except Exception:  # not a format Pillow knows, or a broken header: OpenCV decides
-        return
+    except Exception:  # a header Pillow cannot read: refuse rather than let OpenCV decode an unchecked size
+        raise ImageDecodeError(
+            f"cannot decode {buffer.size} bytes as an image (supported: JPEG, PNG, BMP, WebP; first bytes "
+            f"{bytes(buffer[:8]).hex()})"
+        ) from None
+    if kind not in SUPPORTED_FORMATS:  # e.g. HDR, PFM, PPM: OpenCV would decode them without our size check
+        raise ImageDecodeError(f"unsupported image format {kind} (supported: JPEG, PNG, BMP, WebP)")
     if width * height > limits.max_pixels:
         raise ImageDecodeError(f"image declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
 
@@ -110,7 +116,8 @@ def letterbox(image: np.ndarray, target_hw: Tuple[int, int], pad_value: int = 11
     h0, w0 = image.shape[:2]
     th, tw = target_hw
     ratio = min(th / h0, tw / w0)
-    new_w, new_h = int(round(w0 * ratio)), int(round(h0 * ratio))
+    # at least one pixel: a 1×3000 strip would otherwise round to height 0 and make cv2.resize throw
+    new_w, new_h = max(1, int(round(w0 * ratio))), max(1, int(round(h0 * ratio)))
     if (new_w, new_h) != (w0, h0):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     dw, dh = (tw - new_w) / 2, (th - new_h) / 2

@@ -34,9 +34,10 @@ class TritonPythonModel:
         for index, data in enumerate(encoded):
             try:
                 tensor, meta = preprocess_image(data, self.target_hw, self.pad_value, self.limits)
-            except ImageDecodeError as error:
+            except Exception as error:  # any failure on one image fails its request only, never the batch
                 where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if len(encoded) > 1 else ""
-                return error_response(f"{where}{error}")
+                kind = "" if isinstance(error, ImageDecodeError) else "cannot preprocess image: "
+                return error_response(f"{where}{kind}{error}")
             images[index] = tensor
             metas[index] = meta.to_array()
         return pb_utils.InferenceResponse(
