@@ -71,14 +71,17 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
     _check_declared_size(buffer, limits)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageDecodeError(
-            f"cannot decode {buffer.size} bytes as an image (supported: JPEG, PNG, BMP, WebP; first bytes "
-            f"{bytes(buffer[:8]).hex()})"
-        )
+        raise _undecodable(buffer)
     height, width = image.shape[:2]
     if height * width > limits.max_pixels:
         raise ImageDecodeError(f"image is {width}x{height} = {height * width} pixels, over the limit of {limits.max_pixels}")
     return image
+
+
+def _undecodable(buffer: np.ndarray) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"cannot decode {buffer.size} bytes as an image (supported: JPEG, PNG, BMP, WebP; first bytes {bytes(buffer[:8]).hex()})"
+    )
 
 
 def _check_declared_size(buffer: np.ndarray, limits: DecodeLimits) -> None:
@@ -93,10 +96,7 @@ def _check_declared_size(buffer: np.ndarray, limits: DecodeLimits) -> None:
     except Image.DecompressionBombError as error:  # Pillow's own cap, far above ours: still a bomb
         raise ImageDecodeError(f"image declares too many pixels: {error}") from None
     except Exception:  # a header Pillow cannot read: refuse rather than let OpenCV decode an unchecked size
-        raise ImageDecodeError(
-            f"cannot decode {buffer.size} bytes as an image (supported: JPEG, PNG, BMP, WebP; first bytes "
-            f"{bytes(buffer[:8]).hex()})"
-        ) from None
+        raise _undecodable(buffer) from None
     if kind not in SUPPORTED_FORMATS:  # e.g. HDR, PFM, PPM: OpenCV would decode them without our size check
         raise ImageDecodeError(f"unsupported image format {kind} (supported: JPEG, PNG, BMP, WebP)")
     if width * height > limits.max_pixels:
