@@ -91,21 +91,36 @@ def find_perf_analyzer() -> str:
     return os.environ.get("PERF_ANALYZER", str(candidate))
 
 
+UNSTABLE = "Failed to obtain stable measurement"
+
+
 def run_point(args, model: str, concurrency: int, data_file: Path, csv_file: Path) -> dict:
-    command = [
-        find_perf_analyzer(), "-m", model, "-u", args.url, "-i", args.protocol,
-        "--input-data", str(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
-        "--measurement-interval", str(args.measurement_ms), "--stability-percentage", str(args.stability),
-        "--max-trials", str(args.max_trials), "--percentile", "50", "-f", str(csv_file),
-    ]
-    done = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    """One perf_analyzer run at one concurrency. An unstable measurement (a noisy shared CPU, a slow first window)
+    is retried with the window doubled, as perf_analyzer itself advises; the window used goes into the row."""
+    for attempt in range(args.retries + 1):
+        window_ms = args.measurement_ms * 2 ** attempt
+        command = [
+            find_perf_analyzer(), "-m", model, "-u", args.url, "-i", args.protocol,
+            "--input-data", str(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
+            "--measurement-interval", str(window_ms), "--stability-percentage", str(args.stability),
+            "--max-trials", str(args.max_trials), "--percentile", "50", "-f", str(csv_file),
+        ]
+        done = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+        if UNSTABLE in done.stdout + done.stderr and attempt < args.retries:
+            tqdm.write(f"{model} concurrency {concurrency}: unstable with a {window_ms} ms window, "
+                       f"retrying with {2 * window_ms} ms", file=sys.stderr)
+            continue
+        raise RuntimeError(f"perf_analyzer failed ({done.returncode}) for {model} at concurrency {concurrency} "
+                           f"after {attempt + 1} attempt(s), last window {window_ms} ms:\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     with open(csv_file) as f:
         row = next(csv.DictReader(f))
     return {
         "model": model,
         "concurrency": concurrency,
+        "measurement_ms": window_ms,
         "throughput_img_s": float(row["Inferences/Second"]),
         "p50_ms": float(row["p50 latency"]) / 1000,
         "p90_ms": float(row["p90 latency"]) / 1000,
@@ -151,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--measurement-ms", type=int, default=5000)
     parser.add_argument("--stability", type=int, default=20, help="perf_analyzer --stability-percentage")
     parser.add_argument("--max-trials", type=int, default=10)
+    parser.add_argument("--retries", type=int, default=2,
+                        help="re-run an unstable point this many times, doubling the window each time")
     parser.add_argument("--detector", help="detector model for the baseline (default: MODEL without _e2e)")
     parser.add_argument("--no-baseline", action="store_true", help="measure the ensemble only")
     parser.add_argument("--out", type=Path, default=Path("build/perf"))
