@@ -2,7 +2,14 @@
 """Build stage 1: a YOLO detector spec -> a fused, checked ONNX file with a dynamic batch dimension.
 
     python build/create_onnx.py --model yolov7 --output build/out/yolov7.onnx            # seeded random weights
-    python build/create_onnx.py --model yolov7 --weights yolov7_state.pt --output ...    # our own state dict
+    python build/create_onnx.py --model yolov7 --weights yolov7.pt --output ...          # official checkpoint
+    python build/create_onnx.py --model yolov7 --weights yolov7_state.pt --output ...    # or our own state dict
+    python build/create_onnx.py --model yolov4 --weights yolov4.weights --output ...     # darknet weights
+    python build/create_onnx.py --model yolov4_tiny --cfg my-tiny.cfg --weights my-tiny.weights --output ...
+
+The yolov4 family (``yolov4``, ``yolov4_tiny``) is built from a darknet cfg (``--cfg``, or the built-in
+generator of the spec's ``darknet_cfg``) by ``yolo_triton.models.darknet`` and takes darknet ``.weights``;
+``--save-darknet-weights`` writes the (random) weights in that format.
 
 The ONNX graph takes ``images`` FP32 [N, 3, H, W] (RGB, 0..1, letterboxed) and returns ``output`` FP32
 [N, K, 5 + nc] (the official export.py ``--grid`` layout: cx, cy, w, h in input pixels, objectness, class
@@ -32,6 +39,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from yolo_triton import specs  # noqa: E402
+from yolo_triton.models import darknet  # noqa: E402
 from yolo_triton.models.yolov7 import (  # noqa: E402
     RANDOM_WEIGHTS_WARNING,
     build_model,
@@ -55,10 +63,14 @@ def _sha256(path: Union[str, os.PathLike]) -> str:
 
 
 def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLike]], seed: int,
-                   opset: int) -> Dict[str, str]:
-    """The key/value strings written into the ONNX ``metadata_props`` (lists and tuples as JSON)."""
+                   opset: int, model: Optional[torch.nn.Module] = None) -> Dict[str, str]:
+    """The key/value strings written into the ONNX ``metadata_props`` (lists and tuples as JSON).
+
+    For a darknet model (the yolov4 family) also: which cfg (``darknet_cfg``: ``builtin:<name>`` or the file's
+    name, ``darknet_cfg_sha256`` of its text) and the [yolo] levels' ``scale_x_y``.
+    """
     random_weights = weights is None
-    return {
+    metadata = {
         "model_name": spec.name,
         "family": spec.family,
         "input_name": specs.DETECTOR_INPUT,
@@ -77,20 +89,41 @@ def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
         "opset": str(opset),
         "producer": "yolo_triton build/create_onnx.py",
     }
+    if isinstance(model, darknet.DarknetModel):
+        metadata.update({
+            "darknet_cfg": model.cfg_source,
+            "darknet_cfg_sha256": model.cfg_sha256,
+            "scale_x_y": json.dumps(list(model.scale_x_y)),
+        })
+    return metadata
 
 
-def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
-                weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, opset: int = 17, *,
-                save_state_dict: Optional[Union[str, os.PathLike]] = None) -> Path:
-    """Build ``spec``'s model, load ``weights`` (or seeded random ones), fuse, export, check; returns the path.
+def build_detector(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, *,
+                   cfg: Optional[Union[str, os.PathLike]] = None,
+                   save_state_dict: Optional[Union[str, os.PathLike]] = None,
+                   save_darknet_weights: Optional[Union[str, os.PathLike]] = None) -> torch.nn.Module:
+    """``spec``'s model in eval mode, unfused, with ``weights`` (or seeded random ones); saves what is asked.
 
-    ``save_state_dict``: also write the unfused state dict there (what ``--weights`` reads back).
-    The ONNX file is written to a temporary name in the output folder and renamed when complete, so a failed or
-    interrupted export never leaves a half-written file at ``output_path``.
+    yolov7 family: our layer table, ``weights`` a state dict. yolov4 family: a darknet cfg (``cfg``, else the
+    spec's built-in one), ``weights`` a darknet ``.weights`` file.
     """
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-
+    if spec.family == "yolov4":
+        if save_state_dict is not None:
+            raise ValueError(f"{spec.name}: darknet models save darknet weights (save_darknet_weights), "
+                             "not a state dict")
+        model = darknet.from_spec(spec, cfg)
+        if weights is None:
+            darknet.init_random_weights(model, seed)
+        else:
+            darknet.load_darknet_weights(model, weights)
+        model.eval()
+        if save_darknet_weights is not None:
+            darknet.save_darknet_weights(model, save_darknet_weights)
+        return model
+    if spec.family != "yolov7":
+        raise ValueError(f"{spec.name}: unknown model family {spec.family!r} (known: yolov7, yolov4)")
+    if cfg is not None or save_darknet_weights is not None:
+        raise ValueError(f"{spec.name}: a darknet cfg and darknet weights apply to the yolov4 family only")
     model = build_model(spec)
     if weights is None:
         init_random_weights(model, seed)
@@ -99,6 +132,27 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
     model.eval()
     if save_state_dict is not None:
         save_weights(model, save_state_dict)
+    return model
+
+
+def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
+                weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, opset: int = 17, *,
+                save_state_dict: Optional[Union[str, os.PathLike]] = None,
+                cfg: Optional[Union[str, os.PathLike]] = None,
+                save_darknet_weights: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Build ``spec``'s model, load ``weights`` (or seeded random ones), fuse, export, check; returns the path.
+
+    ``save_state_dict`` (yolov7 family): also write the unfused state dict there (what ``--weights`` reads back).
+    ``cfg`` (yolov4 family): a darknet cfg file instead of the spec's built-in cfg; ``weights`` is then a darknet
+    ``.weights`` file, and ``save_darknet_weights`` writes the model's weights in that format.
+    The ONNX file is written to a temporary name in the output folder and renamed when complete, so a failed or
+    interrupted export never leaves a half-written file at ``output_path``.
+    """
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = build_detector(spec, weights, seed, cfg=cfg, save_state_dict=save_state_dict,
+                           save_darknet_weights=save_darknet_weights)
     model.fuse()
 
     dummy = torch.zeros(EXPORT_BATCH, 3, *spec.input_size)
@@ -130,7 +184,7 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
         out_dims = proto.graph.output[0].type.tensor_type.shape.dim
         out_dims[1].dim_value = spec.num_candidates
         out_dims[2].dim_value = spec.num_outputs
-        metadata = build_metadata(spec, weights, seed, opset)
+        metadata = build_metadata(spec, weights, seed, opset, model)
         del proto.metadata_props[:]
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
@@ -155,7 +209,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(specs.SPECS), help="model spec name")
     parser.add_argument("--weights", type=Path, default=None,
-                        help="state-dict file (torch.save(model.state_dict())); default: seeded random weights")
+                        help="yolov7 family: an official checkpoint (yolov7.pt, yolov7-tiny.pt) or a state dict; "
+                             "yolov4 family: a darknet .weights file; default: seeded random weights")
+    parser.add_argument("--cfg", type=Path, default=None,
+                        help="yolov4 family: a darknet .cfg (its [yolo] layers must match the spec); default: the "
+                             "built-in generator of the spec's cfg")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --weights); default 0")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="input height and width, multiples of the largest stride (default: the spec's)")
@@ -163,7 +221,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="channel width multiple (default: the spec's)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset; default 17")
     parser.add_argument("--save-state-dict", type=Path, default=None,
-                        help="also save the (unfused) state dict here, readable by --weights")
+                        help="yolov7: also save the (unfused) state dict here, readable by --weights")
+    parser.add_argument("--save-darknet-weights", type=Path, default=None,
+                        help="yolov4 family: also save the weights (random or loaded) as a darknet .weights file")
     parser.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     return parser.parse_args(argv)
 
@@ -172,6 +232,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     spec = specs.get_spec(args.model)
+    darknet_family = spec.family == "yolov4"
+    wrong = ([("--save-state-dict", args.save_state_dict), ("--width-multiple", args.width_multiple)] if darknet_family
+             else [("--cfg", args.cfg), ("--save-darknet-weights", args.save_darknet_weights)])
+    for option, value in wrong:
+        if value is not None:
+            LOGGER.error("%s does not apply to %s (family %s)", option, spec.name, spec.family)
+            return 2
     overrides = {}
     if args.img_size is not None:
         overrides["input_size"] = tuple(args.img_size)
@@ -181,8 +248,8 @@ def main(argv=None) -> int:
         spec = spec.with_overrides(**overrides)
     try:
         export_onnx(spec, args.output, weights=args.weights, seed=args.seed, opset=args.opset,
-                    save_state_dict=args.save_state_dict)
-    except (FileNotFoundError, NotImplementedError) as exc:  # bad --weights: a message, not a traceback
+                    save_state_dict=args.save_state_dict, cfg=args.cfg, save_darknet_weights=args.save_darknet_weights)
+    except (FileNotFoundError, NotImplementedError, darknet.DarknetError) as exc:  # bad --weights/--cfg: a message
         LOGGER.error("%s", exc)
         return 1
     return 0

@@ -1,6 +1,10 @@
 """Client helpers for the end-to-end tests: thin tritonclient calls, as a user's client would make them."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from yolo_triton import specs
@@ -10,6 +14,26 @@ SMALL = specs.YOLOV7.with_overrides(name="yolov7_small", input_size=(256, 320), 
 # the full model's config default differs from DetectionParams' built-in 0.25, so a test can tell that the
 # server really applies the value in config.pbtxt
 FULL = specs.YOLOV7.with_overrides(conf_threshold=0.3)
+# YOLOv4 from the built-in darknet cfg: the full network at a smaller input, and yolov4-tiny as it ships
+V4 = specs.YOLOV4.with_overrides(name="yolov4_small", input_size=(320, 320))
+V4_TINY = specs.YOLOV4_TINY
+# postprocess-only models, one per detector output layout, fed synthetic detector outputs by tests/test_layouts.py
+LAYOUT_SPECS = {
+    layout: specs.YOLOV7.with_overrides(name=f"layout_{layout}", layout=layout, input_size=(320, 320))
+    for layout in specs.LAYOUTS
+}
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_build_script(name: str):
+    """A stage script of build/ (a folder of scripts, not a package), imported by its path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "build" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
 
 def client_for(server, protocol):
     if protocol == "grpc":

@@ -11,14 +11,20 @@ from typing import Tuple
 
 from .coco import COCO80_NAMES
 
-# Output layouts a postprocess understands (see ``yolo_triton.postprocess``).
+# Output layouts a postprocess understands (see ``yolo_triton.postprocess``); the detector's outputs per layout
+# are ``ModelSpec.detector_outputs``.
 LAYOUT_RAW_GRID = "raw_grid"  # [N, K, 5 + nc]: cx, cy, w, h (input pixels), objectness, class scores; sigmoid done
+LAYOUT_EFFICIENT_NMS = "efficient_nms"  # official export.py --end2end (TensorRT EfficientNMS_TRT): NMS done in the engine
+LAYOUT_TENSORRTX_PROB = "tensorrtx_prob"  # tensorrtx / isarsoft <= v1.3 yolov4 "prob": count + 1000 x 7, NMS still needed
+LAYOUT_ISARSOFT_DETECTIONS = "isarsoft_detections"  # isarsoft master yolov4 "detections": K x 7, normalised, no NMS
+LAYOUTS = (LAYOUT_RAW_GRID, LAYOUT_EFFICIENT_NMS, LAYOUT_TENSORRTX_PROB, LAYOUT_ISARSOFT_DETECTIONS)
+TENSORRTX_MAX_BOXES = 1000  # tensorrtx yololayer.h MAX_OUTPUT_BBOX_COUNT
 
 # Tensor names on the wire, shared by the ensemble, its steps, clients and tests.
 ENSEMBLE_INPUT = "IMAGE"  # BYTES [1]: one encoded image (JPEG, PNG, BMP, WebP) per batch element
 ENSEMBLE_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "class_names")
 DETECTOR_INPUT = "images"  # FP32 [3, H, W], RGB, 0..1, letterboxed
-DETECTOR_OUTPUT = "output"  # FP32 [K, 5 + nc] for LAYOUT_RAW_GRID
+DETECTOR_OUTPUT = "output"  # FP32 [K, 5 + nc] for LAYOUT_RAW_GRID (other layouts: ModelSpec.detector_outputs)
 LETTERBOX_META = "letterbox"  # FP32 [5]: original height, original width, gain, pad x, pad y
 
 # YOLOv7 layer table, in the order and with the "from" indices of the official cfg/deploy/yolov7.yaml, so that
@@ -135,19 +141,119 @@ YOLOV7_LAYERS: Tuple[tuple, ...] = (
     ((102, 103, 104), "IDetect", ()),  # Detect(P3, P4, P5)
 )
 
+# yolov7-tiny layer table, row for row the official cfg/training/yolov7-tiny.yaml (the released yolov7-tiny.pt has
+# this IDetect head): Conv args are the yaml's (c2, k, s, p, g, act), every Conv with its own LeakyReLU(0.1); the SPP
+# block is spelled out as plain layers (two 1×1 Convs, SP max-pools 5/9/13, Concat); nn.Upsample args as the yaml's.
+_LEAKY = "nn.LeakyReLU(0.1)"
+YOLOV7_TINY_LAYERS: Tuple[tuple, ...] = (
+    # backbone
+    (-1, "Conv", (32, 3, 2, None, 1, _LEAKY)),  # 0-P1/2
+    (-1, "Conv", (64, 3, 2, None, 1, _LEAKY)),  # 1-P2/4
+    (-1, "Conv", (32, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (32, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # 7
+    (-1, "MP", ()),  # 8-P3/8
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 14
+    (-1, "MP", ()),  # 15-P4/16
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (128, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 21
+    (-1, "MP", ()),  # 22-P5/32
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (256, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (256, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (256, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (512, 1, 1, None, 1, _LEAKY)),  # 28
+    # head
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (256, 1, 1, None, 1, _LEAKY)),
+    (-1, "SP", (5,)),
+    (-2, "SP", (9,)),
+    (-3, "SP", (13,)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
+    ((-1, -7), "Concat", (1,)),
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 37
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
+    (-1, "Upsample", (None, 2, "nearest")),
+    (21, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # route backbone P4
+    ((-1, -2), "Concat", (1,)),
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 47
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-1, "Upsample", (None, 2, "nearest")),
+    (14, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # route backbone P3
+    ((-1, -2), "Concat", (1,)),
+    (-1, "Conv", (32, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (32, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # 57
+    (-1, "Conv", (128, 3, 2, None, 1, _LEAKY)),
+    ((-1, 47), "Concat", (1,)),
+    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 65
+    (-1, "Conv", (256, 3, 2, None, 1, _LEAKY)),
+    ((-1, 37), "Concat", (1,)),
+    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
+    (-2, "Conv", (128, 1, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
+    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
+    ((-1, -2, -3, -4), "Concat", (1,)),
+    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 73
+    (57, "Conv", (128, 3, 1, None, 1, _LEAKY)),
+    (65, "Conv", (256, 3, 1, None, 1, _LEAKY)),
+    (73, "Conv", (512, 3, 1, None, 1, _LEAKY)),
+    ((74, 75, 76), "IDetect", ()),  # Detect(P3, P4, P5)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a Triton config: name, Triton data type, per-item dims (batch dim not included)."""
+
+    name: str
+    data_type: str
+    dims: Tuple[int, ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What one detector is: architecture, input, output layout and serving defaults."""
 
     name: str  # model name in the repository; the ensemble is f"{name}_e2e"
-    family: str  # "yolov7" (issue B adds "yolov4")
+    family: str  # "yolov7" (our PyTorch layer table) or "yolov4" (built from a darknet cfg)
     input_size: Tuple[int, int]  # (height, width) the detector takes
     strides: Tuple[int, ...]
     anchors: Tuple[Tuple[int, ...], ...]  # per level, pixel (w, h) pairs flattened, as in the official yaml
     labels: Tuple[str, ...] = COCO80_NAMES
     layout: str = LAYOUT_RAW_GRID
-    layers: Tuple[tuple, ...] = YOLOV7_LAYERS
+    layers: Tuple[tuple, ...] = YOLOV7_LAYERS  # yolov7 family: the official yaml's layer table
+    darknet_cfg: str = ""  # yolov4 family: the built-in cfg (yolo_triton.models.darknet) used when no .cfg is given
+    scale_x_y: Tuple[float, ...] = ()  # darknet [yolo] scale_x_y per level (stride order); empty: 1.0 everywhere
+    nms_top_k: int = 100  # LAYOUT_EFFICIENT_NMS: detections slots the engine's NMS returns (export.py --topk-all)
+    plugins: Tuple[str, ...] = ()  # shared libraries the detector needs loaded into tritonserver (TensorRT plugins)
     width_multiple: float = 1.0
     depth_multiple: float = 1.0
     pad_value: int = 114  # letterbox fill, as the official detect.py
@@ -178,6 +284,26 @@ class ModelSpec:
         return sum(self.anchors_per_level * (h // s) * (w // s) for s in self.strides)
 
     @property
+    def detector_outputs(self) -> Tuple[TensorSpec, ...]:
+        """What the detector returns per image for this spec's layout: the detector's config.pbtxt outputs and the
+        postprocess's inputs, checked against each other when the postprocess loads."""
+        if self.layout == LAYOUT_RAW_GRID:
+            return (TensorSpec(DETECTOR_OUTPUT, "TYPE_FP32", (self.num_candidates, self.num_outputs)),)
+        if self.layout == LAYOUT_EFFICIENT_NMS:
+            k = self.nms_top_k
+            return (
+                TensorSpec("num_dets", "TYPE_INT32", (1,)),
+                TensorSpec("det_boxes", "TYPE_FP32", (k, 4)),
+                TensorSpec("det_scores", "TYPE_FP32", (k,)),
+                TensorSpec("det_classes", "TYPE_INT32", (k,)),
+            )
+        if self.layout == LAYOUT_TENSORRTX_PROB:
+            return (TensorSpec("prob", "TYPE_FP32", (1 + 7 * TENSORRTX_MAX_BOXES, 1, 1)),)
+        if self.layout == LAYOUT_ISARSOFT_DETECTIONS:
+            return (TensorSpec("detections", "TYPE_FP32", (7 * self.num_candidates, 1, 1)),)
+        raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+
+    @property
     def ensemble_name(self) -> str:
         return f"{self.name}_e2e"
 
@@ -202,6 +328,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: input size {self.input_size} must be a multiple of the largest stride {largest}")
         if len(self.anchors) != len(self.strides):
             raise ValueError(f"{self.name}: {len(self.anchors)} anchor levels for {len(self.strides)} strides")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        if self.scale_x_y and len(self.scale_x_y) != len(self.strides):
+            raise ValueError(f"{self.name}: {len(self.scale_x_y)} scale_x_y values for {len(self.strides)} strides")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"{self.name}: thresholds must lie in [0, 1]")
 
@@ -214,7 +344,45 @@ YOLOV7 = ModelSpec(
     anchors=((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401)),
 )
 
-SPECS = {spec.name: spec for spec in (YOLOV7,)}
+# official cfg/training/yolov7-tiny.yaml (released yolov7-tiny.pt): 640 input, LeakyReLU(0.1), IDetect at strides
+# 8/16/32 with the yaml's anchors.
+YOLOV7_TINY = ModelSpec(
+    name="yolov7_tiny",
+    family="yolov7",
+    input_size=(640, 640),
+    strides=(8, 16, 32),
+    anchors=((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326)),
+    layers=YOLOV7_TINY_LAYERS,
+)
+
+# darknet yolov4.cfg: 608 input, Mish, SPP, PAN; [yolo] layers at strides 8/16/32 with scale_x_y 1.2/1.1/1.05.
+YOLOV4 = ModelSpec(
+    name="yolov4",
+    family="yolov4",
+    input_size=(608, 608),
+    strides=(8, 16, 32),
+    anchors=((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401)),
+    layers=(),
+    darknet_cfg="yolov4",
+    scale_x_y=(1.2, 1.1, 1.05),
+)
+
+# darknet yolov4-tiny.cfg: 416 input, leaky, grouped routes; two [yolo] layers (masks 1,2,3 at stride 16 and 3,4,5
+# at stride 32 of anchors 10,14 23,27 37,58 81,82 135,169 344,319), scale_x_y 1.05.
+YOLOV4_TINY = ModelSpec(
+    name="yolov4_tiny",
+    family="yolov4",
+    input_size=(416, 416),
+    strides=(16, 32),
+    anchors=((23, 27, 37, 58, 81, 82), (81, 82, 135, 169, 344, 319)),
+    layers=(),
+    darknet_cfg="yolov4-tiny",
+    scale_x_y=(1.05, 1.05),
+)
+
+SPECS = {spec.name: spec for spec in (YOLOV7, YOLOV7_TINY, YOLOV4, YOLOV4_TINY)}
+# what `make serve` / `make build-engines` serve unless MODELS says otherwise
+DEFAULT_MODELS = ("yolov7", "yolov4")
 
 
 def get_spec(name: str) -> ModelSpec:

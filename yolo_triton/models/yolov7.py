@@ -1,15 +1,17 @@
 """YOLOv7 in plain PyTorch, built from a ``ModelSpec`` layer table.
 
 The network is assembled the way the official ``parse_model`` assembles it (same module order, same channel
-arithmetic, same ``model.<i>.…`` state-dict keys), so that official weights can later be mapped onto it
-one-to-one. Only what inference needs is here: no loss, no training-time augmentation.
+arithmetic, same ``model.<i>.…`` state-dict keys), so that official weights map onto it one-to-one. Layer tables:
+``specs.YOLOV7_LAYERS`` (cfg/deploy/yolov7.yaml) and ``specs.YOLOV7_TINY_LAYERS`` (cfg/training/yolov7-tiny.yaml).
+Only what inference needs is here: no loss, no training-time augmentation.
 
 Public API:
 
 * :func:`build_model` — a :class:`YoloModel` from a spec (parameters left at their PyTorch defaults);
 * :func:`init_random_weights` — deterministic, seeded, *well-scaled* random weights (for tests and for a
   pipeline that has to run before real weights exist; logs a loud warning);
-* :func:`load_weights` / :func:`save_weights` — plain state-dict files;
+* :func:`load_weights` — our state-dict files and official YOLOv7 / yolov7-tiny ``.pt`` checkpoints (read without the
+  official code by :mod:`yolo_triton.models.checkpoint`); :func:`save_weights` — plain state-dict files;
 * :meth:`YoloModel.fuse` — Conv+BN folding, RepConv re-parameterisation and implicit-knowledge folding.
 
 ``YoloModel.forward`` returns the official ``export.py --grid`` layout: ``[N, K, 5 + nc]`` with
@@ -20,13 +22,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
+import re
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..specs import ModelSpec
+from ..specs import SPECS, ModelSpec
+from .checkpoint import CheckpointError, load_official_checkpoint
 
 LOGGER = logging.getLogger("yolo_triton")
 
@@ -58,14 +61,42 @@ def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class Conv(nn.Module):
-    """Conv2d (no bias, 'same' padding) + BatchNorm2d + SiLU; after :meth:`fuse` a biased Conv2d + SiLU."""
+# Activations a layer table may name (official yaml: ``nn.LeakyReLU(0.1)`` as the 6th Conv arg); parsed, never eval'd.
+_ACTIVATIONS = {"SiLU": nn.SiLU, "LeakyReLU": nn.LeakyReLU, "ReLU": nn.ReLU, "Identity": nn.Identity}
+_ACTIVATION_RE = re.compile(r"^(?:nn\.)?(\w+)\(\s*([-+0-9.eE]*)\s*\)$")
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1):
+
+def make_activation(act) -> nn.Module:
+    """The official ``Conv`` rule: ``True`` -> SiLU, a module -> itself, anything false -> Identity; plus the yaml's
+    strings (``"nn.LeakyReLU(0.1)"``, ``"SiLU()"``), parsed without ``eval``."""
+    if act is True:
+        return nn.SiLU()
+    if isinstance(act, nn.Module):
+        return act
+    if isinstance(act, str):
+        match = _ACTIVATION_RE.match(act.strip())
+        if not match or match.group(1) not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: "
+                             f"{', '.join(f'nn.{name}(...)' for name in _ACTIVATIONS)}")
+        cls, arg = _ACTIVATIONS[match.group(1)], match.group(2)
+        return cls(float(arg)) if arg else cls()
+    if not act:
+        return nn.Identity()
+    raise ValueError(f"unknown activation {act!r}")
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias, 'same' padding) + BatchNorm2d + activation; after :meth:`fuse` a biased Conv2d + activation.
+
+    Arguments as the official ``Conv(c1, c2, k, s, p, g, act)``: ``act`` True is SiLU (YOLOv7), yolov7-tiny passes
+    ``nn.LeakyReLU(0.1)`` (see :func:`make_activation`).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: Optional[int] = None, g: int = 1, act=True):
         super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, padding=k // 2, bias=False)
+        self.conv = nn.Conv2d(c1, c2, k, s, padding=k // 2 if p is None else p, groups=g, bias=False)
         self.bn = _bn(c2)
-        self.act = nn.SiLU()
+        self.act = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "bn"):
@@ -92,6 +123,17 @@ class MP(nn.Module):
     def __init__(self, k: int = 2):
         super().__init__()
         self.m = nn.MaxPool2d(kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
+
+
+class SP(nn.Module):
+    """Max-pool with stride 1 and 'same' padding (yolov7-tiny's SPP branches: ``SP`` 5, 9, 13)."""
+
+    def __init__(self, k: int = 3, s: int = 1):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=s, padding=k // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.m(x)
@@ -319,6 +361,9 @@ def build_model(spec: ModelSpec) -> YoloModel:
         if name in ("Conv", "RepConv"):
             c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
             m = (Conv if name == "Conv" else RepConv)(c1, c2, *args[1:])
+        elif name == "SP":
+            c2 = ch[f]
+            m = SP(*args)
         elif name == "SPPCSPC":
             c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
             m = SPPCSPC(c1, c2, *args[1:])
@@ -328,9 +373,12 @@ def build_model(spec: ModelSpec) -> YoloModel:
         elif name == "MP":
             c2 = ch[f]
             m = MP(*args)
-        elif name == "Upsample":
+        elif name in ("Upsample", "nn.Upsample"):
             c2 = ch[f]
-            m = nn.Upsample(scale_factor=args[0] if args else 2, mode="nearest")
+            if len(args) <= 1:  # (scale,) as our YOLOV7 table writes it
+                m = nn.Upsample(scale_factor=args[0] if args else 2, mode="nearest")
+            else:  # the official yaml's nn.Upsample args: (size, scale_factor, mode)
+                m = nn.Upsample(*args)
         elif name == "IDetect":
             m = IDetect(spec.num_classes, spec.anchors, [ch[x] for x in f], spec.strides)
             c2 = m.no * m.na
@@ -369,6 +417,23 @@ CALIBRATION_SIZE = (256, 256)
 CALIBRATION_WHITE_SHARE = (1.0, 0.0)
 
 
+def init_conv_or_bn(module: nn.Module, gen: torch.Generator, conv_std: Optional[float] = None) -> bool:
+    """Seeded init of one conv (He-normal, or ``conv_std``; small biases) or BatchNorm (gamma in
+    BN_GAMMA_RANGE, small beta). Returns False for any other module, which it leaves alone."""
+    if isinstance(module, nn.Conv2d):
+        std = math.sqrt(2.0 / module.weight[0].numel()) if conv_std is None else conv_std
+        module.weight.copy_(_normal(gen, module.weight.shape, 0.0, std))
+        if module.bias is not None:
+            module.bias.copy_(_normal(gen, module.bias.shape, 0.0, 0.05))
+        return True
+    if isinstance(module, nn.BatchNorm2d):
+        c = module.num_features
+        module.weight.copy_(_uniform(gen, (c,), *BN_GAMMA_RANGE))
+        module.bias.copy_(_normal(gen, (c,), 0.0, 0.1))
+        return True
+    return False
+
+
 @torch.no_grad()
 def init_random_weights(model: YoloModel, seed: int, head_std: float = 2.5) -> YoloModel:
     """Seeded, deterministic random weights that keep activations in a sane range; logs a loud warning.
@@ -398,19 +463,11 @@ def init_random_weights(model: YoloModel, seed: int, head_std: float = 2.5) -> Y
     detect = model.detect
     head_convs = set(id(m) for m in detect.m)
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            if id(module) in head_convs:  # its input has an RMS of about BN_TARGET_STD (see _calibrate_batchnorm)
-                std = head_std / (BN_TARGET_STD * math.sqrt(fan_in))
-            else:
-                std = math.sqrt(2.0 / fan_in)
-            module.weight.copy_(_normal(gen, module.weight.shape, 0.0, std))
-            if module.bias is not None:
-                module.bias.copy_(_normal(gen, module.bias.shape, 0.0, 0.05))
-        elif isinstance(module, nn.BatchNorm2d):
-            c = module.num_features
-            module.weight.copy_(_uniform(gen, (c,), *BN_GAMMA_RANGE))
-            module.bias.copy_(_normal(gen, (c,), 0.0, 0.1))
+        if isinstance(module, nn.Conv2d) and id(module) in head_convs:
+            # its input has an RMS of about BN_TARGET_STD (see _calibrate_batchnorm)
+            init_conv_or_bn(module, gen, conv_std=head_std / (BN_TARGET_STD * math.sqrt(module.weight[0].numel())))
+        elif init_conv_or_bn(module, gen):
+            pass
         elif isinstance(module, ImplicitA):
             module.implicit.copy_(_normal(gen, module.implicit.shape, 0.0, 0.1 * BN_TARGET_STD))
         elif isinstance(module, ImplicitM):
@@ -470,28 +527,113 @@ def save_weights(model: YoloModel, path: Union[str, os.PathLike]) -> None:
 
 
 def load_weights(model: YoloModel, path: Union[str, os.PathLike]) -> YoloModel:
-    """Load a plain state-dict file (``torch.save(model.state_dict())``) into ``model``, strictly.
+    """Load a weights file into ``model``, strictly (every tensor of the model, each of the right shape).
 
-    A state dict of a fused model is accepted too: the model is fused first. Official YOLOv7 ``.pt``
-    checkpoints (pickled whole models) are not supported yet and raise ``NotImplementedError``.
+    Accepted (read by :func:`yolo_triton.models.checkpoint.load_official_checkpoint`):
+
+    * our plain state dicts (:func:`save_weights`), unfused or fused;
+    * official YOLOv7 / yolov7-tiny ``.pt`` checkpoints (``{'model': <pickled Model, FP16>, ...}``, or ``'ema'``),
+      as ``train.py`` saves them (RepConv ``rbr_dense``/``rbr_1x1``, IDetect ``ia``/``im``), after the official
+      ``Model.fuse()`` (``rbr_reparam``, Conv without BN, ImplicitA/M folded) or from the re-parameterisation
+      notebook (``Detect`` head without ``ia``/``im``). **They are unpickled**: only load files you trust (the
+      unpickler is restricted, see :mod:`yolo_triton.models.checkpoint`).
+
+    Whatever the checkpoint has already fused (per module: Conv+BN, RepConv, the head's implicit knowledge), the
+    same module of ``model`` is fused first, then the tensors are loaded; BatchNorm ``eps`` is taken from the
+    checkpoint when it records one. A key or shape mismatch raises :class:`CheckpointError` naming the first
+    differences, with a hint when another spec would fit (e.g. ``--model yolov7_tiny``) or the class count differs;
+    modules fused to match the checkpoint stay fused then, so build a fresh model to try again.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # pickled modules (official checkpoints) are refused by weights_only
-        raise NotImplementedError(
-            f"{path}: not a plain state-dict file. Only files written by torch.save(model.state_dict()) from "
-            "yolo_triton are supported; official YOLOv7 .pt checkpoints (pickled models) are not supported "
-            "yet.") from exc
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        what = f"keys {sorted(map(str, state))[:5]}" if isinstance(state, dict) else type(state).__name__
-        raise NotImplementedError(
-            f"{path}: not a plain state dict of tensors (got {what}); official YOLOv7 .pt checkpoints "
-            "({'model': ..., 'optimizer': ...}) are not supported yet.")
-    if any(k.endswith("rbr_reparam.weight") for k in state) and not model.is_fused:
-        model.fuse()
-    model.load_state_dict(state, strict=True)
+    state, info = load_official_checkpoint(path)
+    _load_state(model, state, info)
     return model
+
+
+_LAYER_KEY = re.compile(r"^model\.(\d+)\.")
+
+
+def _fuse_like_checkpoint(model: YoloModel, state: dict) -> None:
+    """Fuse each module of ``model`` that the checkpoint holds in fused form."""
+    for name, module in list(model.named_modules()):
+        p = f"{name}."
+        if isinstance(module, Conv) and hasattr(module, "bn"):
+            if f"{p}bn.weight" not in state and f"{p}conv.bias" in state:
+                module.fuse()
+        elif isinstance(module, RepConv) and not hasattr(module, "rbr_reparam"):
+            if f"{p}rbr_reparam.weight" in state:
+                module.fuse()
+        elif isinstance(module, IDetect) and not module.fused:
+            if f"{p}m.0.weight" in state and f"{p}ia.0.implicit" not in state:
+                module.fuse()
+
+
+def _classes_message(nc: int, names, spec: ModelSpec) -> str:
+    listed = f" ({', '.join(map(str, names[:5]))}{', …' if len(names) > 5 else ''})" if names else ""
+    return (f"the checkpoint detects {nc} classes{listed}, spec {spec.name} has {spec.num_classes} labels: give the "
+            "spec the checkpoint's labels (spec.with_overrides(labels=...))")
+
+
+def _mismatch_hints(model: YoloModel, state: dict, info: dict) -> List[str]:
+    spec, hints = model.spec, []
+    layers = {int(m.group(1)) for m in map(_LAYER_KEY.match, state) if m}
+    if not layers:
+        what = f" (the checkpoint's model is a {info['model_class']})" if "model_class" in info else ""
+        return [f"no model.<i>.… keys: not a YOLOv7 network{what}"]
+    n_ckpt = info.get("num_layers") or (max(layers) + 1 if layers else 0)
+    if n_ckpt and n_ckpt != len(model.model):
+        fits = [s.name for s in SPECS.values() if s.family == "yolov7" and len(s.layers) == n_ckpt]
+        hint = f"the checkpoint has {n_ckpt} layers, model {spec.name} has {len(model.model)}"
+        if fits:
+            pretty = " or ".join(f"a {n.replace('_', '-')} checkpoint? use --model {n}" for n in fits)
+            hint += f": is this {pretty}"
+        hints.append(hint)
+    head = f"model.{len(model.model) - 1}.m.0.weight"
+    if head in state and n_ckpt == len(model.model):
+        no = state[head].shape[0] // model.detect.na
+        if no - 5 != model.detect.nc:
+            hints.append(_classes_message(no - 5, info.get("names"), spec))
+    first = "model.0.conv.weight"
+    if first in state and first in model.state_dict():
+        c_ckpt, c_model = state[first].shape[0], model.state_dict()[first].shape[0]
+        if c_ckpt != c_model and n_ckpt == len(model.model):
+            hints.append(f"layer 0 has {c_ckpt} channels in the checkpoint, {c_model} in the model: another "
+                         f"width_multiple (model: {spec.width_multiple})?")
+    return hints
+
+
+def _load_state(model: YoloModel, state: dict, info: dict) -> None:
+    source = info.get("path", "state dict")
+    nc = info.get("nc")
+    if isinstance(nc, int) and nc != model.spec.num_classes:
+        raise CheckpointError(f"{source}: {_classes_message(nc, info.get('names'), model.spec)}")
+    _fuse_like_checkpoint(model, state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} vs model {list(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        fused_model = [k for k in missing if ".bn." in k or "rbr_dense" in k or ".ia." in k]
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{', …' if len(items) > 4 else ''}")
+        hints = _mismatch_hints(model, state, info)
+        if not fused_model and any(".bn." in k or "rbr_dense" in k for k in unexpected):
+            hints.append("the model is already fused and the checkpoint is not: load weights before fuse()")
+        raise CheckpointError(f"{source} does not fit model {model.spec.name}: " + "; ".join(parts)
+                              + "".join(f"\nHint: {h}" for h in hints))
+    eps = info.get("bn_eps") or {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and name in eps and eps[name] != module.eps:
+            module.eps = eps[name]
+    model.load_state_dict(state, strict=True)
+    names = info.get("names")
+    if names and tuple(names) != tuple(model.spec.labels):
+        LOGGER.warning("%s: the checkpoint's class names differ from spec %s's labels (first: %r vs %r); the spec's "
+                       "labels are served", source, model.spec.name, names[0], model.spec.labels[0])
+    spec_anchors = torch.tensor(model.spec.anchors, dtype=torch.float32).reshape(model.detect.anchor_grid.shape)
+    if not torch.allclose(model.detect.anchor_grid.float(), spec_anchors, atol=0.5):
+        LOGGER.warning("%s: the checkpoint's anchors %s differ from spec %s's %s; the model decodes with the "
+                       "checkpoint's", source, model.detect.anchor_grid.reshape(len(model.spec.anchors), -1).tolist(),
+                       model.spec.name, [list(a) for a in model.spec.anchors])
