@@ -7,14 +7,24 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 RUNTIME ?= onnxruntime
-MODELS ?= yolov7
+MODELS ?= yolov7 yolov4
 REPOSITORY ?= model_repository
 ARTIFACTS ?= build/artifacts
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-# WEIGHTS_yolov7=path/to/state_dict.pt uses real weights; without it the model gets seeded RANDOM weights
+# Per model (see build/build_engines.py): WEIGHTS_yolov7=yolov7.pt, WEIGHTS_yolov4=yolov4.weights CFG_yolov4=yolov4.cfg,
+# or ONNX_yolov7=your-export.onnx; without any of them the model gets seeded RANDOM weights (SEED)
 SEED ?= 0
+# plugin libraries to load into tritonserver (space-separated), besides those the detectors' configs declare
+PLUGINS ?=
+PLUGIN_MODE ?= preload
+# RUNTIME=tensorrt (build/build_engine.py; deploy/ngc.env pins the NGC images): precision fp32|fp16|int8, the
+# batch profile's opt size (min 1, max = the spec's max_batch_size), INT8 calibration images, NMS in the engine
+PRECISION ?= fp16
+OPT_BATCH ?= 8
+CALIB_IMAGES ?=
+END2END ?=
 PYTEST_ARGS ?=
 PERF_MODEL ?= yolov7_e2e
 PERF_CONCURRENCY ?= 1 2 4 8
@@ -40,7 +50,7 @@ system-deps:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-server.txt requirements-test.txt pyproject.toml
 	$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==24.2
@@ -54,20 +64,16 @@ venv: $(STAMP)
 repository: $(STAMP)
 	$(PY) -m yolo_triton.repository --repository $(REPOSITORY) --models $(MODELS) --runtime $(RUNTIME)
 
-# RUNTIME=onnxruntime: export each model to ONNX (our PyTorch modules; user weights or seeded random ones)
-# and place it in the repository. Rebuilt only when missing: `make clean-artifacts` to force.
+# RUNTIME=onnxruntime: each model's ONNX (the user's, or exported from their weights or seeded random ones)
+# into the repository. Rebuilt when its inputs change; `make clean-artifacts` forces it.
 build-engines: $(STAMP)
-	@for model in $(MODELS); do \
-	  onnx=$(ARTIFACTS)/$$model.onnx; weights_var=WEIGHTS_$$model; weights=$${!weights_var}; \
-	  if [ ! -f $$onnx ]; then \
-	    $(PY) build/create_onnx.py --model $$model --seed $(SEED) $${weights:+--weights $$weights} --output $$onnx || exit 1; \
-	  fi; \
-	  args="$$args $$model=$$onnx"; \
-	done; \
-	$(PY) -m yolo_triton.repository --repository $(REPOSITORY) --models $(MODELS) --runtime $(RUNTIME) --onnx $$args
+	$(PY) build/build_engines.py --models $(MODELS) --runtime $(RUNTIME) --artifacts $(ARTIFACTS) \
+	  --repository $(REPOSITORY) --seed $(SEED) --precision $(PRECISION) --opt-batch $(OPT_BATCH) \
+	  $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES)) $(if $(END2END),--end2end)
 
 serve: build-engines
-	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -76,7 +82,7 @@ perf: $(STAMP)
 	$(PY) tools/perf.py -u localhost:$(GRPC_PORT) -m $(PERF_MODEL) --concurrency $(PERF_CONCURRENCY) --out build/perf $(PERF_ARGS)
 
 clean-artifacts:
-	rm -rf $(ARTIFACTS) $(REPOSITORY)/*/1/model.onnx
+	rm -rf $(ARTIFACTS)/*.onnx $(ARTIFACTS)/*.onnx.json $(REPOSITORY)/*/1/model.onnx
 
 clean: clean-artifacts
 	rm -rf $(VENV)

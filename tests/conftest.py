@@ -6,7 +6,6 @@ YOLOv7 (fast on 2 CPU cores, used by most tests) and the full 640 YOLOv7.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import numpy as np
 import pytest
 import skimage
 
-from yolo_triton.repository import write_repository
+from yolo_triton.repository import repository_files, write_repository
 from yolo_triton.server import TritonServer
 
-from .helpers import FULL, SMALL
+from .helpers import FULL, LAYOUT_SPECS, SMALL, V4, V4_TINY, load_build_script
 from .reference import Reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,23 +50,16 @@ def photos():
     }
 
 
-def _load_create_onnx():
-    spec = importlib.util.spec_from_file_location("create_onnx", ROOT / "build" / "create_onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def onnx_models(tmp_path_factory):
     """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs)."""
-    create_onnx = _load_create_onnx()
+    create_onnx = load_build_script("create_onnx")
     # the cache key includes the architecture's source, so a changed init or layer never reuses a stale file
-    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/specs.py", "build/create_onnx.py")
+    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/models/darknet.py", "yolo_triton/specs.py", "build/create_onnx.py")
     code = hashlib.sha256(b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()[:12]
     cache = ROOT / "build" / "artifacts" / "test" / code
     paths = {}
-    for spec in (SMALL, FULL):
+    for spec in (SMALL, FULL, V4, V4_TINY):
         path = cache / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-w{spec.width_multiple}-seed0.onnx"
         if not path.exists():
             create_onnx.export_onnx(spec, path, seed=0)
@@ -77,7 +69,13 @@ def onnx_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, onnx_models):
-    return write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL], "onnxruntime", onnx_models)
+    path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY], "onnxruntime", onnx_models)
+    for spec in LAYOUT_SPECS.values():  # their postprocess models only: tests feed them the detector's outputs
+        for relative, text in repository_files(spec).items():
+            if relative.startswith(f"{spec.postprocess_name}/"):
+                (path / relative).parent.mkdir(parents=True, exist_ok=True)
+                (path / relative).write_text(text)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +95,11 @@ def reference_small(onnx_models):
 @pytest.fixture(scope="session")
 def reference_full(onnx_models):
     return Reference(onnx_models[FULL.name], FULL.input_size)
+
+
+@pytest.fixture(scope="session")
+def reference_v4(onnx_models):
+    return {spec.name: Reference(onnx_models[spec.name], spec.input_size) for spec in (V4, V4_TINY)}
 
 
 @pytest.fixture(params=["grpc", "http"])

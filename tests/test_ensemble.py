@@ -9,7 +9,7 @@ import pytest
 
 from yolo_triton import specs
 
-from .helpers import FULL, SMALL, client_for, infer_images
+from .helpers import FULL, SMALL, V4, V4_TINY, client_for, infer_images
 
 # random weights put most scores near the official class-bias prior; a low threshold gives many boxes to compare
 LOW_CONF = {"conf_threshold": 0.02}
@@ -65,6 +65,23 @@ def test_full_size_yolov7_matches_reference(server, photos, reference_full):
     assert len(expected[1]) > 0
     assert_same_detections(result, expected)
     assert result["boxes"].shape[1:] == (len(expected[1]), 4)
+
+
+@pytest.mark.parametrize("spec", [V4, V4_TINY], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "photo, conf",
+    [("astronaut_square_png", None), ("coffee_landscape_jpg", 0.05), ("motorcycle_portrait_jpg", 0.05), ("rocket_gray_png", 0.05)],
+)
+def test_yolov4_matches_reference(server, protocol, photos, reference_v4, spec, photo, conf):
+    """YOLOv4 and yolov4-tiny (built from the darknet cfg) through their ensembles, official semantics: at the
+    config defaults (conf 0.25, IoU 0.45, max_det 300) where random weights give boxes there, else at a lower
+    confidence so that there are boxes to compare."""
+    module, client = client_for(server, protocol)
+    result = infer_images(module, client, spec.ensemble_name, [photos[photo]],
+                          parameters=None if conf is None else {"conf_threshold": conf})
+    expected = reference_v4[spec.name].detect(photos[photo], conf=conf or 0.25, iou=0.45, max_det=300)
+    assert len(expected[1]) > 0, "the reference finds nothing: the comparison would prove nothing"
+    assert_same_detections(result, expected)
 
 
 def test_thresholds_default_from_config(server, protocol, photos, reference_full):

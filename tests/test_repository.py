@@ -11,9 +11,10 @@ from yolo_triton.repository import repository_files, write_repository
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_committed_repository_is_generated_from_the_spec(tmp_path):
-    write_repository(tmp_path, [specs.YOLOV7])
-    for relative, text in repository_files(specs.YOLOV7).items():
+@pytest.mark.parametrize("spec", [specs.YOLOV7, specs.YOLOV4], ids=lambda s: s.name)
+def test_committed_repository_is_generated_from_the_spec(tmp_path, spec):
+    write_repository(tmp_path, [spec])
+    for relative, text in repository_files(spec).items():
         committed = ROOT / "model_repository" / relative
         assert committed.exists(), f"{relative} missing: run `make repository`"
         assert committed.read_text() == (tmp_path / relative).read_text(), f"{relative} is stale: run `make repository`"

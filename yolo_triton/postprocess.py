@@ -3,17 +3,29 @@
 Semantics of the official YOLOv7 ``non_max_suppression`` + ``scale_coords`` (as ``detect.py`` uses them):
 score = objectness × class score, best class only, confidence threshold, per-class NMS, at most ``max_det``
 boxes, mapped back through the letterbox and clipped to the image.
+
+Detectors come with one of four output layouts (``specs.LAYOUTS``); each has a decoder here that turns one
+image's outputs into candidate boxes in detector-input pixels, and says whether NMS is still to be done:
+
+- raw grid ``[K, 5+nc]`` (ours, official ``export.py --grid``): cx, cy, w, h pixels, objectness, class scores;
+- EfficientNMS (``export.py --end2end``): ``num_dets``, ``det_boxes`` x1y1x2y2 pixels, ``det_scores``,
+  ``det_classes``; NMS already done by the engine;
+- tensorrtx / isarsoft ≤ v1.3 ``prob`` ``[1 + 7·1000, 1, 1]``: count, then rows of cx, cy, w, h pixels,
+  det_conf, class_id, class_conf; score = det_conf × class_conf; NMS still needed;
+- isarsoft master ``detections`` ``[7·K, 1, 1]``: rows of top-left x, y, w, h normalised to the input,
+  det_conf, class_id, class_conf; no threshold, no NMS done.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .preprocess import LetterboxMeta
+from . import specs
 from .specs import LAYOUT_RAW_GRID
 
 MAX_NMS_CANDIDATES = 30000  # as the official code: bound NMS work on pathological outputs
@@ -139,9 +151,128 @@ def scale_boxes(boxes: np.ndarray, meta: LetterboxMeta) -> np.ndarray:
     return out
 
 
-def postprocess(prediction: np.ndarray, meta: LetterboxMeta, params: DetectionParams, layout: str = LAYOUT_RAW_GRID) -> Detections:
-    """One image's detector output → its final detections in original pixels."""
-    if layout != LAYOUT_RAW_GRID:
-        raise ValueError(f"unsupported detector output layout {layout!r}")
-    detections = batched_nms(decode_raw_grid(prediction, params.conf_threshold), params.iou_threshold, params.max_detections)
+def _rows_of_seven(values: np.ndarray, what: str) -> np.ndarray:
+    flat = np.asarray(values, np.float32).reshape(-1)
+    if flat.size % 7:
+        raise ValueError(f"{what}: {flat.size} values is not a whole number of 7-value rows")
+    return flat.reshape(-1, 7)
+
+
+def _scored_rows(rows: np.ndarray, boxes_xyxy: np.ndarray, conf_threshold: float) -> Detections:
+    """Rows of (box…, det_conf, class_id, class_conf) → detections scored det_conf × class_conf above the threshold."""
+    scores = rows[:, 4] * rows[:, 6]
+    keep = scores > conf_threshold
+    return Detections(boxes_xyxy[keep].astype(np.float32), scores[keep].astype(np.float32), rows[keep, 5].astype(np.int32))
+
+
+def decode_tensorrtx_prob(prob: np.ndarray, conf_threshold: float) -> Detections:
+    """tensorrtx ``prob``: [0] = number of rows filled, then rows of cx, cy, w, h (input pixels), det_conf,
+    class_id, class_conf. Rows past the count are stale memory and ignored; a count past the buffer is clipped."""
+    flat = np.asarray(prob, np.float32).reshape(-1)
+    if flat.size < 1 or (flat.size - 1) % 7:
+        raise ValueError(f"tensorrtx prob output must hold 1 + 7·n values, got {flat.size}")
+    count = int(np.clip(np.nan_to_num(flat[0]), 0, (flat.size - 1) // 7))
+    rows = flat[1 : 1 + 7 * count].reshape(-1, 7)
+    return _scored_rows(rows, xywh_to_xyxy(rows[:, :4]), conf_threshold)
+
+
+def decode_isarsoft_detections(detections: np.ndarray, conf_threshold: float, input_size) -> Detections:
+    """isarsoft master ``detections``: rows of top-left x, y, w, h normalised to the input (0–1), det_conf,
+    class_id, class_conf, one per candidate; nothing thresholded or suppressed yet."""
+    rows = _rows_of_seven(detections, "isarsoft detections output")
+    height, width = input_size
+    scale = np.array([width, height, width, height], np.float32)
+    x, y, w, h = (rows[:, :4] * scale).T
+    return _scored_rows(rows, np.stack([x, y, x + w, y + h], axis=1), conf_threshold)
+
+
+def decode_efficient_nms(num_dets: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray, det_classes: np.ndarray,
+                         conf_threshold: float) -> Detections:
+    """TensorRT EfficientNMS: the first ``num_dets`` slots are the kept boxes (x1, y1, x2, y2 input pixels), score
+    order. The engine's own score threshold was fixed at export; a request may still ask for a higher one."""
+    count = int(np.clip(np.asarray(num_dets).reshape(-1)[0], 0, len(det_scores)))
+    boxes = np.asarray(det_boxes, np.float32).reshape(-1, 4)[:count]
+    scores = np.asarray(det_scores, np.float32).reshape(-1)[:count]
+    classes = np.asarray(det_classes).reshape(-1)[:count].astype(np.int32)
+    keep = scores > conf_threshold
+    return Detections(boxes[keep], scores[keep], classes[keep])
+
+
+def decode(layout: str, outputs: Mapping[str, np.ndarray], conf_threshold: float, input_size) -> Tuple[Detections, bool]:
+    """One image's detector outputs (tensor name → array, names as ``ModelSpec.detector_outputs``) → candidate
+    boxes in detector-input pixels, and whether NMS is still to be done."""
+    if layout == specs.LAYOUT_RAW_GRID:
+        return decode_raw_grid(outputs[specs.DETECTOR_OUTPUT], conf_threshold), True
+    if layout == specs.LAYOUT_EFFICIENT_NMS:
+        return decode_efficient_nms(outputs["num_dets"], outputs["det_boxes"], outputs["det_scores"], outputs["det_classes"],
+                                    conf_threshold), False
+    if layout == specs.LAYOUT_TENSORRTX_PROB:
+        return decode_tensorrtx_prob(outputs["prob"], conf_threshold), True
+    if layout == specs.LAYOUT_ISARSOFT_DETECTIONS:
+        return decode_isarsoft_detections(outputs["detections"], conf_threshold, input_size), True
+    raise ValueError(f"unsupported detector output layout {layout!r}; known: {', '.join(specs.LAYOUTS)}")
+
+
+def keep_best(detections: Detections, max_detections: int) -> Detections:
+    """Score order, at most ``max_detections`` (for layouts whose NMS ran in the engine)."""
+    order = np.argsort(-detections.scores, kind="stable")[:max_detections]
+    return Detections(detections.boxes[order], detections.scores[order], detections.classes[order])
+
+
+def postprocess(outputs: Union[np.ndarray, Mapping[str, np.ndarray]], meta: LetterboxMeta, params: DetectionParams,
+                layout: str = LAYOUT_RAW_GRID, input_size: Optional[Tuple[int, int]] = None) -> Detections:
+    """One image's detector output(s) → its final detections in original pixels.
+
+    ``outputs``: tensor name → array; a bare array is the raw grid ``output``. ``input_size`` (h, w) of the
+    detector is needed by the layouts with normalised boxes.
+    """
+    if isinstance(outputs, np.ndarray):
+        outputs = {specs.DETECTOR_OUTPUT: outputs}
+    candidates, needs_nms = decode(layout, outputs, params.conf_threshold, input_size)
+    if needs_nms:
+        detections = batched_nms(candidates, params.iou_threshold, params.max_detections)
+    else:
+        detections = keep_best(candidates, params.max_detections)
     return Detections(scale_boxes(detections.boxes, meta), detections.scores, detections.classes)
+
+
+def check_detector_outputs(layout: str, outputs: Sequence["specs.TensorSpec"], num_classes: int) -> None:
+    """Raise ValueError unless ``outputs`` (a detector's declared outputs, batch dim excluded) fit ``layout``.
+
+    Run when the postprocess loads, so that a detector/layout mismatch fails the model load with a message
+    instead of every request with an index error.
+    """
+    by_name = {t.name: t for t in outputs}
+    found = ", ".join(f"{t.name} {t.data_type} {list(t.dims)}" for t in outputs) or "none"
+
+    def fail(why: str):
+        raise ValueError(f"detector outputs [{found}] do not fit layout {layout!r}: {why}")
+
+    if layout == specs.LAYOUT_EFFICIENT_NMS:
+        expected = {"num_dets": "TYPE_INT32", "det_boxes": "TYPE_FP32", "det_scores": "TYPE_FP32", "det_classes": "TYPE_INT32"}
+        if set(by_name) != set(expected):
+            fail(f"expected exactly {', '.join(expected)}")
+        for name, data_type in expected.items():
+            if by_name[name].data_type != data_type:
+                fail(f"{name} must be {data_type}")
+        k = by_name["det_scores"].dims[-1]
+        if list(by_name["det_boxes"].dims) not in ([k, 4], [-1, 4]) or list(by_name["det_classes"].dims) not in ([k], [-1]):
+            fail("det_boxes must be [k, 4], det_scores and det_classes [k]")
+        return
+    single = {
+        specs.LAYOUT_RAW_GRID: specs.DETECTOR_OUTPUT,
+        specs.LAYOUT_TENSORRTX_PROB: "prob",
+        specs.LAYOUT_ISARSOFT_DETECTIONS: "detections",
+    }
+    if layout not in single:
+        raise ValueError(f"unsupported detector output layout {layout!r}; known: {', '.join(specs.LAYOUTS)}")
+    if list(by_name) != [single[layout]] or outputs[0].data_type != "TYPE_FP32":
+        fail(f"expected one FP32 output named {single[layout]!r}")
+    dims = [d for d in outputs[0].dims]
+    if layout == specs.LAYOUT_RAW_GRID:
+        if len(dims) != 2 or dims[1] not in (-1, 5 + num_classes):
+            fail(f"expected [K, {5 + num_classes}] (4 box + objectness + {num_classes} classes)")
+    else:
+        values = int(np.prod(dims)) if all(d > 0 for d in dims) else -1
+        if any(d != 1 for d in dims[1:]) or (values > 0 and (values - (layout == specs.LAYOUT_TENSORRTX_PROB)) % 7):
+            fail("expected [n, 1, 1] with n = " + ("1 + 7·boxes" if layout == specs.LAYOUT_TENSORRTX_PROB else "7·candidates"))

@@ -7,6 +7,11 @@ PYTHONPATH, so the server must start with this virtualenv's ``bin/`` first on PA
 
 Point at another server with ``TRITONSERVER=/path/to/tritonserver`` (and ``TRITON_BACKENDS``, default
 ``/opt/tritonserver/backends``, as in NGC containers).
+
+Plugin libraries (e.g. the yolov4 ``liblayerplugin.so`` of a tensorrtx-style engine) are server-wide in Triton:
+those a detector's config.pbtxt declares (parameter ``plugins``) and those given on the command line are
+checked to exist before the server starts, then preloaded (``LD_PRELOAD``, as the seed deployments do) or
+handed to the TensorRT backend (``--backend-config=tensorrt,plugins=…``).
 """
 from __future__ import annotations
 
@@ -25,6 +30,46 @@ from typing import List, Optional, Sequence
 
 class TritonNotFound(RuntimeError):
     pass
+
+
+class PluginNotFound(FileNotFoundError):
+    pass
+
+
+PLUGIN_MODES = ("preload", "backend-config")
+
+
+def declared_plugins(repository: Path) -> List[Path]:
+    """Plugin libraries the models in ``repository`` declare (detector config parameter ``plugins``)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from .repository import PLUGIN_SEPARATOR, PLUGINS_PARAMETER
+
+    found: List[Path] = []
+    for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+        if PLUGINS_PARAMETER in config.parameters:
+            value = config.parameters[PLUGINS_PARAMETER].string_value
+            found += [Path(p) for p in value.split(PLUGIN_SEPARATOR) if p]
+    return found
+
+
+def plugin_launch(plugins: Sequence[Path], mode: str = "preload", base_env: Optional[dict] = None):
+    """(environment additions, extra tritonserver flags) that load ``plugins``; every file must exist."""
+    if mode not in PLUGIN_MODES:
+        raise ValueError(f"plugin mode {mode!r}; known: {', '.join(PLUGIN_MODES)}")
+    paths = list(dict.fromkeys(Path(p).resolve() for p in plugins))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise PluginNotFound(f"plugin library not found: {', '.join(missing)} (build it, or fix the model's plugins parameter)")
+    if not paths:
+        return {}, []
+    joined = [str(p) for p in paths]
+    if mode == "backend-config":
+        return {}, [f"--backend-config=tensorrt,plugins={';'.join(joined)}"]
+    preload = os.pathsep.join(filter(None, [*joined, (base_env if base_env is not None else os.environ).get("LD_PRELOAD")]))
+    return {"LD_PRELOAD": preload}, []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +144,14 @@ def free_ports(count: int) -> List[int]:
 class TritonServer:
     """A tritonserver subprocess on given ports; ``with TritonServer(repo) as server:`` waits until ready."""
 
-    def __init__(self, repository: Path, ports: Optional[Sequence[int]] = None, extra: Sequence[str] = (), log_path=None):
+    def __init__(self, repository: Path, ports: Optional[Sequence[int]] = None, extra: Sequence[str] = (), log_path=None,
+                 plugins: Sequence[Path] = (), plugin_mode: str = "preload"):
         self.install = find_triton()
+        # plugins are checked here, so that a missing one fails before any process starts
+        self.plugin_env, plugin_flags = plugin_launch([*declared_plugins(repository), *plugins], plugin_mode)
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3)
-        self.command = server_command(self.install, repository, self.http_port, self.grpc_port, self.metrics_port, extra)
+        self.command = server_command(self.install, repository, self.http_port, self.grpc_port, self.metrics_port,
+                                      [*plugin_flags, *extra])
         self.log_path = Path(log_path) if log_path else None
         self.process: Optional[subprocess.Popen] = None
 
@@ -117,7 +166,7 @@ class TritonServer:
     def start(self, timeout: float = 300.0) -> "TritonServer":
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         # a new session: a Ctrl-C in the test runner's terminal does not reach the server before we stop it
-        self.process = subprocess.Popen(self.command, env=self.install.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(self.command, env={**self.install.env(), **self.plugin_env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -27,6 +27,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
         self._check_io(config, path)
+        # an ONNX exported with a fixed batch (official export.py without --dynamic-batch: 1) runs in chunks of it
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         metadata = self.session.get_modelmeta().custom_metadata_map
         if metadata.get("random_weights") == "true":
             logger.warning("%s: RANDOM WEIGHTS (seed %s): boxes from this model are meaningless", args["model_name"], metadata.get("seed"))
@@ -68,8 +71,14 @@ class TritonPythonModel:
 
     def _run(self, batch):
         # a scheduler batch never exceeds max_batch_size, but client-side batches stacked together could
-        chunks = [batch[i : i + self.max_batch_size] for i in range(0, len(batch), self.max_batch_size)]
-        results = [self.session.run(self.output_names, {specs.DETECTOR_INPUT: chunk}) for chunk in chunks]
+        size = self.fixed_batch or self.max_batch_size
+        results = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            real = len(chunk)
+            if self.fixed_batch and real < size:  # fill a fixed-batch model's last chunk; the filler is dropped
+                chunk = np.concatenate([chunk, np.zeros((size - real,) + chunk.shape[1:], chunk.dtype)])
+            results.append([out[:real] for out in self.session.run(self.output_names, {specs.DETECTOR_INPUT: chunk})])
         return [np.concatenate(parts) for parts in zip(*results)]
 
     def finalize(self):

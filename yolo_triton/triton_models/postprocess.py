@@ -2,6 +2,8 @@
 
 Thresholds default from config.pbtxt ``parameters``; a request may override them with Triton request
 parameters (``conf_threshold``, ``iou_threshold``, ``max_detections``), which the ensemble passes down.
+The detector's output layout is the ``layout`` parameter; at load, our declared inputs are checked against
+that layout and against the outputs the detector's own config.pbtxt declares.
 """
 from __future__ import annotations
 
@@ -11,19 +13,32 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.postprocess import DetectionParams, postprocess
+from yolo_triton.postprocess import DetectionParams, check_detector_outputs, postprocess
 from yolo_triton.preprocess import LetterboxMeta
+from yolo_triton.repository import check_against_detector_config
 
 from .common import config_parameters, error_response, parse_model_config
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = config_parameters(parse_model_config(args))
+        config = parse_model_config(args)
+        params = config_parameters(config)
         self.layout = params["layout"]
+        self.input_size = tuple(int(v) for v in params["input_size"].split(","))
         with open(os.path.join(args["model_repository"], params["labels_file"]), encoding="utf-8") as labels_file:
             self.labels = np.array([line.rstrip("\n").encode() for line in labels_file], dtype=object)
         self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS if key in params})
+        self.detector_outputs = [
+            specs.TensorSpec(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
+            for t in config["input"] if t["name"] != specs.LETTERBOX_META
+        ]
+        try:
+            check_detector_outputs(self.layout, self.detector_outputs, len(self.labels))
+            detector_config = os.path.join(os.path.dirname(args["model_repository"]), params["detector_model"], "config.pbtxt")
+            check_against_detector_config(self.detector_outputs, detector_config)
+        except ValueError as error:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {error}") from None
 
     def execute(self, requests):
         return [self._execute_one(request) for request in requests]
@@ -33,12 +48,16 @@ class TritonPythonModel:
             params = DetectionParams.from_request_json(self.defaults, request.parameters())
         except ValueError as error:
             return error_response(f"bad request parameter: {error}")
-        predictions = pb_utils.get_input_tensor_by_name(request, specs.DETECTOR_OUTPUT).as_numpy()
+        outputs = {t.name: pb_utils.get_input_tensor_by_name(request, t.name).as_numpy() for t in self.detector_outputs}
         metas = pb_utils.get_input_tensor_by_name(request, specs.LETTERBOX_META).as_numpy()
-        results = [
-            postprocess(prediction.astype(np.float32, copy=False), LetterboxMeta.from_array(meta), params, self.layout)
-            for prediction, meta in zip(predictions, metas)
-        ]
+        try:
+            results = [
+                postprocess({name: value[i] for name, value in outputs.items()}, LetterboxMeta.from_array(meta), params,
+                            self.layout, self.input_size)
+                for i, meta in enumerate(metas)
+            ]
+        except ValueError as error:  # a detector output that does not parse fails this request, not the model
+            return error_response(f"cannot read detector output: {error}", pb_utils.TritonError.INTERNAL)
         return pb_utils.InferenceResponse(output_tensors=self._pack(results))
 
     def _pack(self, results):

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""`make build-engines`: the detector artifacts for a runtime, then the model repository that serves them.
+
+For RUNTIME=onnxruntime each model's ONNX comes from one of (first that applies):
+
+    ONNX_<model>=path.onnx      an ONNX the user exported already (official yolov7 export.py: raw --grid, or
+                                --end2end which needs RUNTIME=tensorrt); inspected and checked, then used as is
+    WEIGHTS_<model>=path        real weights: yolov7 .pt (official checkpoint or our state dict), darknet .weights
+                                for yolov4 (with CFG_<model>=yolov4.cfg, else the built-in cfg)
+    (nothing)                   seeded RANDOM weights (SEED), loudly marked as such
+
+For RUNTIME=tensorrt that ONNX (optionally with NMS appended: END2END, build/add_nms.py) is then built into
+``<repository>/<model>/1/model.plan`` by build/build_engine.py — here if ``import tensorrt`` works, else in the
+NGC TensorRT container (deploy/ngc.env) if docker with GPUs is available, else it stops with both options.
+
+An artifact is rebuilt only when what it was built from changed (paths, sizes and times of the inputs, the
+seed, the exporter's source); `make clean-artifacts` forces it. Every model's ONNX is inspected before the
+repository is written, and the repository's configs follow from what the ONNX really is (input size, layout,
+fixed or dynamic batch).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for path in (REPO_ROOT, REPO_ROOT / "build"):  # the yolo_triton package; add_nms.py next to this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from yolo_triton import specs  # noqa: E402
+from yolo_triton.repository import RUNTIMES, write_repository  # noqa: E402
+
+# what an exported artifact depends on besides the user's files
+EXPORTER_SOURCES = ("build/create_onnx.py", "yolo_triton/specs.py", "yolo_triton/models/yolov7.py",
+                    "yolo_triton/models/darknet.py", "yolo_triton/models/checkpoint.py")
+
+
+def _file_state(path: Optional[str]) -> Optional[list]:
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise SystemExit(f"build-engines: {path} does not exist")
+    stat = resolved.stat()
+    return [str(resolved), stat.st_size, stat.st_mtime_ns]
+
+
+def exporter_hash() -> str:
+    digest = hashlib.sha256()
+    for source in EXPORTER_SOURCES:
+        path = REPO_ROOT / source
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def user_inputs(model: str, env: Dict[str, str]) -> Dict[str, Optional[str]]:
+    return {key: env.get(f"{key}_{model}") or None for key in ("ONNX", "WEIGHTS", "CFG")}
+
+
+def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str, str]) -> Path:
+    """The ONNX for ``spec``: the user's own, or exported from weights / a cfg / seeded random weights."""
+    inputs = user_inputs(spec.name, env)
+    if inputs["ONNX"]:
+        _file_state(inputs["ONNX"])
+        return Path(inputs["ONNX"]).resolve()
+    output = artifacts / f"{spec.name}.onnx"
+    stamp_path = output.with_suffix(".onnx.json")
+    stamp = {
+        "model": spec.name,
+        "weights": _file_state(inputs["WEIGHTS"]),
+        "cfg": _file_state(inputs["CFG"]),
+        "seed": None if inputs["WEIGHTS"] else seed,
+        "exporter": exporter_hash(),
+    }
+    if output.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        print(f"{spec.name}: {output} is up to date")
+        return output
+    command = [sys.executable, str(REPO_ROOT / "build" / "create_onnx.py"), "--model", spec.name, "--output", str(output)]
+    if inputs["WEIGHTS"]:
+        command += ["--weights", inputs["WEIGHTS"]]
+    else:
+        command += ["--seed", str(seed)]
+    if inputs["CFG"]:
+        if spec.family != "yolov4":
+            raise SystemExit(f"build-engines: CFG_{spec.name} given, but {spec.name} is not built from a darknet cfg")
+        command += ["--cfg", inputs["CFG"]]
+    print("+ " + " ".join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"build-engines: exporting {spec.name} failed")
+    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+    return output
+
+
+def spec_for_artifact(spec: specs.ModelSpec, onnx_path: Path, runtime: str) -> specs.ModelSpec:
+    """The spec as the ONNX really is (a user's file may differ in input size or layout), checked for the runtime."""
+    from yolo_triton import onnx_import
+
+    info = onnx_import.inspect_onnx(onnx_path)
+    onnx_import.check_for_runtime(info, runtime)
+    return onnx_import.spec_for_onnx(spec, info)
+
+
+def with_end2end_nms(onnx_path: Path, artifacts: Path, name: str, conf: float, iou: float, top_k: int) -> Path:
+    from add_nms import add_efficient_nms  # build/add_nms.py, next to this file
+
+    import onnx
+
+    output = artifacts / f"{name}-end2end.onnx"
+    model = add_efficient_nms(onnx.load(str(onnx_path)), conf, iou, top_k)
+    onnx.checker.check_model(model)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(output))
+    return output
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # ImportError, or PyPI's placeholder wheel raising at import
+        return False
+    return True
+
+
+def builder_arguments(args: argparse.Namespace, onnx_path: Path, plan: Path, spec: specs.ModelSpec) -> list:
+    """build/build_engine.py's arguments; the profile's max batch is the spec's max_batch_size (the config's)."""
+    batch = [str(args.min_batch), str(min(args.opt_batch, spec.max_batch_size)), str(spec.max_batch_size)]
+    command = ["--onnx", str(onnx_path), "--engine", str(plan), "--precision", args.precision, "--batch", *batch,
+               "--workspace-mib", str(args.workspace_mib), "--timing-cache", str(args.artifacts / "trt" / "timing.cache")]
+    if args.precision == "int8":
+        if args.calib_images:
+            command += ["--calib-images", str(args.calib_images)]
+        command += ["--calib-cache", str(args.artifacts / "trt" / f"{spec.name}.calib")]
+    for plugin in spec.plugins:
+        command += ["--plugin", plugin]
+    return command
+
+
+def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path) -> Path:
+    """The TensorRT plan for ``onnx_path``, here or in the NGC TensorRT container; never a half-written file."""
+    plan = args.repository / spec.name / "1" / "model.plan"
+    builder_args = builder_arguments(args, onnx_path, plan, spec)
+    stamp_path = args.artifacts / "trt" / f"{spec.name}.plan.json"
+    stamp = {"onnx": _file_state(str(onnx_path)), "args": builder_args}
+    if plan.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        print(f"{spec.name}: {plan} is up to date")
+        return plan
+    if tensorrt_available():
+        command = [sys.executable, str(REPO_ROOT / "build" / "build_engine.py"), *builder_args]
+    else:
+        from yolo_triton import deploy
+
+        why_not = deploy.docker_status()
+        if why_not:
+            raise SystemExit(
+                "build-engines RUNTIME=tensorrt: TensorRT is not importable here, and the NGC container cannot run "
+                f"either: {why_not}.\nEither run `make build-engines RUNTIME=tensorrt` where `import tensorrt` works "
+                "(e.g. inside nvcr.io/nvidia/tensorrt or nvcr.io/nvidia/pytorch), or install docker with the NVIDIA "
+                "Container Toolkit. No plan was written."
+            )
+        for path in (onnx_path, plan):
+            if REPO_ROOT not in Path(path).resolve().parents:
+                raise SystemExit(f"build-engines: {path} must lie inside {REPO_ROOT} to be built in the container")
+        relative = [str(Path(a).resolve().relative_to(REPO_ROOT)) if Path(a).is_absolute() else a for a in builder_args]
+        image, build_image = deploy.builder_image()
+        print("+ " + " ".join(build_image), flush=True)
+        if subprocess.run(build_image).returncode != 0:
+            raise SystemExit("build-engines: building the builder image failed")
+        command = deploy.docker_build_engine_command(relative, image)
+    print("+ " + " ".join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"build-engines: building the TensorRT plan for {spec.name} failed; no plan was written")
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+    return plan
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(specs.DEFAULT_MODELS), choices=sorted(specs.SPECS))
+    parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
+    parser.add_argument("--artifacts", type=Path, default=Path("build/artifacts"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--seed", type=int, default=0)
+    trt = parser.add_argument_group("RUNTIME=tensorrt")
+    trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    trt.add_argument("--min-batch", type=int, default=1)
+    trt.add_argument("--opt-batch", type=int, default=8)
+    trt.add_argument("--workspace-mib", type=int, default=4096)
+    trt.add_argument("--calib-images", type=Path, help="int8: folder of representative images")
+    trt.add_argument("--end2end", action="store_true", help="NMS inside the engine (EfficientNMS_TRT)")
+    trt.add_argument("--nms-conf", type=float, default=0.25)
+    trt.add_argument("--nms-iou", type=float, default=0.45)
+    trt.add_argument("--nms-top-k", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_specs, onnx_files = [], {}
+    for name in args.models:
+        spec = specs.get_spec(name)
+        onnx_path = build_onnx(spec, args.artifacts, args.seed, dict(os.environ))
+        if args.runtime == "tensorrt" and args.end2end:
+            onnx_path = with_end2end_nms(onnx_path, args.artifacts, name, args.nms_conf, args.nms_iou, args.nms_top_k)
+        spec = spec_for_artifact(spec, onnx_path, args.runtime)
+        if args.runtime == "tensorrt":
+            build_plan(args, spec, onnx_path)
+        else:
+            onnx_files[name] = onnx_path
+        model_specs.append(spec)
+    write_repository(args.repository, model_specs, args.runtime, onnx_files)
+    print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} ({args.runtime})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
