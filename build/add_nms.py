@@ -59,7 +59,7 @@ def add_efficient_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0
         ),
     ]
     graph.node.extend(nodes)
-    batch = dims[0].dim_param or dims[0].dim_value
+    batch = dims[0].dim_param or dims[0].dim_value or "batch"
     del graph.output[:]
     graph.output.extend([
         helper.make_tensor_value_info("num_dets", TensorProto.INT32, [batch, 1]),

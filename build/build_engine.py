@@ -66,7 +66,6 @@ class BuildSettings:
     plugins: Sequence[Path] = ()
     calib_images: Optional[Path] = None
     calib_cache: Optional[Path] = None
-    calib_batch: int = 8
     calib_max_images: int = 512
 
     def __post_init__(self):
@@ -202,6 +201,9 @@ class EngineBuilder:
         inputs = [self.network.get_input(i) for i in range(self.network.num_inputs)]
         if len(inputs) != 1:
             raise RuntimeError(f"{onnx_path}: expected one input, found {[t.name for t in inputs]}")
+        if any(int(d) < 0 for d in inputs[0].shape[1:]):
+            raise RuntimeError(f"{onnx_path}: input {inputs[0].name} {list(inputs[0].shape)} has a dynamic height/width; "
+                               "export it with a fixed input size (only the batch may be dynamic)")
         profile = self.builder.create_optimization_profile()
         shapes = self.settings.profile(inputs[0].shape)
         profile.set_shape(inputs[0].name, *shapes)
@@ -211,26 +213,34 @@ class EngineBuilder:
 
     def _set_precision(self):
         trt, settings = self.trt, self.settings
-        if settings.precision in ("fp16", "int8") and self.builder.platform_has_fast_fp16:
+        if settings.precision in ("fp16", "int8"):
+            if not self.builder.platform_has_fast_fp16:
+                LOGGER.warning("this GPU has no fast FP16; building with the FP16 flag anyway")
             self.config.set_flag(trt.BuilderFlag.FP16)
         if settings.precision == "int8":
             self.config.set_flag(trt.BuilderFlag.INT8)
             files = calibration_files(settings.calib_images, settings.calib_max_images) if settings.calib_images else []
             hw = tuple(int(d) for d in self.input.shape[2:])
-            self.config.int8_calibrator = make_entropy_calibrator(trt, files, hw, settings.calib_batch, settings.calib_cache)
+            # TensorRT calibrates at the profile's opt shape: the calibration batches must be exactly that size
+            self.config.int8_calibrator = make_entropy_calibrator(trt, files, hw, settings.opt_batch, settings.calib_cache)
             self.config.set_calibration_profile(self.profile)
 
     def _load_timing_cache(self):
         path = self.settings.timing_cache
         data = Path(path).read_bytes() if path and Path(path).exists() else b""
         self.timing_cache = self.config.create_timing_cache(data)
-        self.config.set_timing_cache(self.timing_cache, ignore_mismatch=False)
+        if not self.config.set_timing_cache(self.timing_cache, ignore_mismatch=False):
+            LOGGER.warning("timing cache %s does not fit this TensorRT/GPU; building without it", path)
 
     def _save_timing_cache(self):
         path = self.settings.timing_cache
-        if path:
+        if not path:
+            return
+        try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(bytes(self.config.get_timing_cache().serialize()))
+        except Exception as error:  # the plan is written already; a cache that cannot be saved only costs time
+            LOGGER.warning("could not save the timing cache %s: %s", path, error)
 
     def create_engine(self, engine_path: Path) -> Path:
         engine_path = Path(engine_path)
@@ -241,8 +251,8 @@ class EngineBuilder:
         serialized = self.builder.build_serialized_network(self.network, self.config)
         if serialized is None:
             raise RuntimeError("TensorRT failed to build the engine (see the log above)")
-        self._save_timing_cache()
         write_atomically(engine_path, bytes(serialized))
+        self._save_timing_cache()
         LOGGER.info("wrote %s (%s, batch %d..%d)", engine_path, self.settings.precision, self.settings.min_batch, self.settings.max_batch)
         return engine_path
 
@@ -253,6 +263,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600: a tritonserver running as another user must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -270,7 +281,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plugin", type=Path, action="append", default=[], help="plugin library to load (repeatable)")
     parser.add_argument("--calib-images", type=Path, help="int8: folder of representative images")
     parser.add_argument("--calib-cache", type=Path, help="int8: calibration cache to read/write")
-    parser.add_argument("--calib-batch", type=int, default=8)
     parser.add_argument("--calib-max-images", type=int, default=512)
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -280,8 +290,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
     return BuildSettings(
         precision=args.precision, min_batch=args.batch[0], opt_batch=args.batch[1], max_batch=args.batch[2],
         workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, plugins=tuple(args.plugin),
-        calib_images=args.calib_images, calib_cache=args.calib_cache, calib_batch=args.calib_batch,
-        calib_max_images=args.calib_max_images,
+        calib_images=args.calib_images, calib_cache=args.calib_cache, calib_max_images=args.calib_max_images,
     )
 
 

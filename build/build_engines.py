@@ -152,6 +152,9 @@ def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path)
     if plan.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
         print(f"{spec.name}: {plan} is up to date")
         return plan
+    calib_cache = args.artifacts / "trt" / f"{spec.name}.calib"
+    if args.precision == "int8" and args.calib_images and calib_cache.exists():
+        calib_cache.unlink()  # scales of another network or image set: calibrate again
     if tensorrt_available():
         command = [sys.executable, str(REPO_ROOT / "build" / "build_engine.py"), *builder_args]
     else:
@@ -165,15 +168,17 @@ def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path)
                 "(e.g. inside nvcr.io/nvidia/tensorrt or nvcr.io/nvidia/pytorch), or install docker with the NVIDIA "
                 "Container Toolkit. No plan was written."
             )
-        for path in (onnx_path, plan):
+        for path in (onnx_path, plan, args.artifacts):
             if REPO_ROOT not in Path(path).resolve().parents:
                 raise SystemExit(f"build-engines: {path} must lie inside {REPO_ROOT} to be built in the container")
-        relative = [str(Path(a).resolve().relative_to(REPO_ROOT)) if Path(a).is_absolute() else a for a in builder_args]
+        (args.artifacts / "trt").mkdir(parents=True, exist_ok=True)  # made by us, not by the container's user
+        plan.parent.mkdir(parents=True, exist_ok=True)
         image, build_image = deploy.builder_image()
         print("+ " + " ".join(build_image), flush=True)
         if subprocess.run(build_image).returncode != 0:
             raise SystemExit("build-engines: building the builder image failed")
-        command = deploy.docker_build_engine_command(relative, image)
+        command = deploy.docker_build_engine_command([str(Path(a).resolve()) if Path(a).exists() else a
+                                                      for a in builder_args], image)
     print("+ " + " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"build-engines: building the TensorRT plan for {spec.name} failed; no plan was written")

@@ -168,6 +168,7 @@ def test_docker_command_lines_are_what_the_readme_says(tmp_path):
     plugin = tmp_path / "liblayerplugin.so"
     image, build = deploy.server_image(versions)
     command = deploy.docker_serve_command(Path("model_repository"), image, plugins=[plugin])
+    assert "-it" not in command  # no terminal here (pytest): -it would make docker refuse to start
     section = readme_block("## TensorRT")
     readme_run = next(line for line in section.splitlines() if line.strip().startswith("docker run"))
     flags = " ".join(deploy.DOCKER_RUN_FLAGS)
@@ -179,7 +180,10 @@ def test_docker_command_lines_are_what_the_readme_says(tmp_path):
     assert build[:2] == ["docker", "build"] and f"TRITON_IMAGE={versions['TRITON_IMAGE']}" in build
     backend = deploy.docker_serve_command(Path("model_repository"), image, plugins=[plugin], plugin_mode="backend-config")
     assert backend[-1] == "--backend-config=tensorrt,plugins=/plugins/0/liblayerplugin.so"
-    builder = deploy.docker_build_engine_command(["--onnx", "build/artifacts/yolov7.onnx"], "img")
-    assert builder[:5] == ["docker", "run", "--rm", "--gpus", "all"]
-    assert builder[-5:] == ["img", "python3", "build/build_engine.py", "--onnx", "build/artifacts/yolov7.onnx"]
+    inside = ROOT / "build" / "artifacts" / "yolov7.onnx"
+    builder = deploy.docker_build_engine_command(["--onnx", str(inside), "--plugin", str(plugin)], "img", user="1000:1000")
+    assert builder[:7] == ["docker", "run", "--rm", "--gpus", "all", "--user", "1000:1000"]
+    assert f"{plugin}:/mnt/input0/liblayerplugin.so:ro" in builder  # outside the checkout: mounted read-only
+    assert builder[-7:] == ["img", "python3", "build/build_engine.py", "--onnx", "build/artifacts/yolov7.onnx",
+                            "--plugin", "/mnt/input0/liblayerplugin.so"]
     assert re.search(r"--precision (fp16|int8|fp32)", section)

@@ -5,8 +5,10 @@ says whether they can run on this host and, if not, why, in words for the user.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -68,19 +70,33 @@ def builder_image(versions: Optional[Dict[str, str]] = None) -> tuple:
     return tag, image_build_command("Dockerfile.build", tag, "TENSORRT_IMAGE", versions["TENSORRT_IMAGE"])
 
 
-def docker_build_engine_command(builder_args: Sequence[str], image: str, workspace: Path = REPO_ROOT) -> List[str]:
-    """Run build/build_engine.py inside the builder image with the checkout mounted at /workspace.
-
-    ``builder_args`` must use paths relative to the checkout (they are the same inside the container)."""
-    return ["docker", "run", "--rm", "--gpus", "all", "-v", f"{Path(workspace).resolve()}:{CONTAINER_WORKSPACE}",
-            "-w", CONTAINER_WORKSPACE, image, "python3", "build/build_engine.py", *builder_args]
+def docker_build_engine_command(builder_args: Sequence[str], image: str, workspace: Path = REPO_ROOT,
+                                user: Optional[str] = None) -> List[str]:
+    """Run build/build_engine.py inside the builder image with the checkout mounted at /workspace, as the host's
+    user (so plans and caches are not left owned by root). Paths inside the checkout become relative (the same
+    inside the container); files elsewhere (plugins, calibration images) are mounted read-only under /mnt."""
+    workspace = Path(workspace).resolve()
+    if user is None:
+        user = f"{os.getuid()}:{os.getgid()}"
+    mounts, args = [], []
+    for arg in builder_args:
+        path = Path(arg)
+        if path.is_absolute() and workspace in path.resolve().parents:
+            arg = str(path.resolve().relative_to(workspace))
+        elif path.is_absolute():
+            target = f"/mnt/input{len(mounts) // 2}/{path.name}"
+            mounts += ["-v", f"{path.resolve()}:{target}:ro"]
+            arg = target
+        args.append(arg)
+    return ["docker", "run", "--rm", "--gpus", "all", "--user", user, "-v", f"{workspace}:{CONTAINER_WORKSPACE}",
+            *mounts, "-w", CONTAINER_WORKSPACE, image, "python3", "build/build_engine.py", *args]
 
 
 def docker_serve_command(repository: Path, image: str, http_port: int = 8000, grpc_port: int = 8001,
                          metrics_port: int = 8002, plugins: Sequence[Path] = (), plugin_mode: str = "preload") -> List[str]:
     """``docker run`` of our Triton image on ``repository``, with the seed's flags; plugins mounted read-only and
     preloaded (LD_PRELOAD) or handed to the TensorRT backend."""
-    command = ["docker", "run", "--rm", "-it", *DOCKER_RUN_FLAGS,
+    command = ["docker", "run", "--rm", *(["-it"] if sys.stdin.isatty() else []), *DOCKER_RUN_FLAGS,
                "-p", f"{http_port}:8000", "-p", f"{grpc_port}:8001", "-p", f"{metrics_port}:8002",
                "-v", f"{Path(repository).resolve()}:{CONTAINER_MODELS}"]
     inside = []
