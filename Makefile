@@ -3,6 +3,7 @@
 #   make test             set up and run the test suite
 #   make build-engines    build the detector artifacts for RUNTIME into build/ and the model repository
 #   make perf             perf_analyzer sweep against the running `make serve` (CSV, JSON, PNG in build/perf)
+#   make bench            detector alone vs ensembles vs client preprocessing, one server (build/bench)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,6 +26,13 @@ PRECISION ?= fp16
 OPT_BATCH ?= 8
 CALIB_IMAGES ?=
 END2END ?=
+# RUNTIME=torch (our PyTorch modules on the GPU): pre/post on the GPU too (PREPOST=gpu, default with CUDA), a CPU
+# twin ensemble for `make bench` (CPU_TWIN=1), and the CUDA memory pool Triton hands GPU tensors through
+PREPOST ?=
+CPU_TWIN ?=
+CUDA_POOL_MIB ?= 4096
+BENCH_MODEL ?= yolov7
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 PERF_MODEL ?= yolov7_e2e
 PERF_CONCURRENCY ?= 1 2 4 8
@@ -33,7 +41,7 @@ PERF_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv system-deps build-engines repository serve test perf clean clean-artifacts
+.PHONY: help venv system-deps build-engines repository serve test perf bench clean clean-artifacts
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -69,17 +77,22 @@ repository: $(STAMP)
 build-engines: $(STAMP)
 	$(PY) build/build_engines.py --models $(MODELS) --runtime $(RUNTIME) --artifacts $(ARTIFACTS) \
 	  --repository $(REPOSITORY) --seed $(SEED) --precision $(PRECISION) --opt-batch $(OPT_BATCH) \
-	  $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES)) $(if $(END2END),--end2end)
+	  $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES)) $(if $(END2END),--end2end) \
+	  $(if $(PREPOST),--prepost $(PREPOST)) $(if $(CPU_TWIN),--cpu-twin)
 
 serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
-	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin))
+	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) \
+	  $(if $(filter torch,$(RUNTIME)),-- --cuda-memory-pool-byte-size=0:$$(($(CUDA_POOL_MIB) * 1048576)))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 perf: $(STAMP)
 	$(PY) tools/perf.py -u localhost:$(GRPC_PORT) -m $(PERF_MODEL) --concurrency $(PERF_CONCURRENCY) --out build/perf $(PERF_ARGS)
+
+bench: $(STAMP)
+	$(PY) tools/bench.py -u localhost:$(GRPC_PORT) -m $(BENCH_MODEL) --out build/bench $(BENCH_ARGS)
 
 clean-artifacts:
 	rm -rf $(ARTIFACTS)/*.onnx $(ARTIFACTS)/*.onnx.json $(REPOSITORY)/*/1/model.onnx

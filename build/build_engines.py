@@ -35,11 +35,12 @@ for path in (REPO_ROOT, REPO_ROOT / "build"):  # the yolo_triton package; add_nm
         sys.path.insert(0, str(path))
 
 from yolo_triton import specs  # noqa: E402
-from yolo_triton.repository import RUNTIMES, write_repository  # noqa: E402
+from yolo_triton.repository import RUNTIMES, Placement, write_repository  # noqa: E402
 
 # what an exported artifact depends on besides the user's files
 EXPORTER_SOURCES = ("build/create_onnx.py", "yolo_triton/specs.py", "yolo_triton/models/yolov7.py",
-                    "yolo_triton/models/darknet.py", "yolo_triton/models/checkpoint.py")
+                    "yolo_triton/models/darknet.py", "yolo_triton/models/checkpoint.py",
+                    "yolo_triton/models/torch_artifact.py")
 
 
 def _file_state(path: Optional[str]) -> Optional[list]:
@@ -72,6 +73,7 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         _file_state(inputs["ONNX"])
         return Path(inputs["ONNX"]).resolve()
     output = artifacts / f"{spec.name}.onnx"
+    torch_artifact = torch_artifact_path(output)
     stamp_path = output.with_suffix(".onnx.json")
     stamp = {
         "model": spec.name,
@@ -80,10 +82,13 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         "seed": None if inputs["WEIGHTS"] else seed,
         "exporter": exporter_hash(),
     }
-    if output.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+    if (output.exists() and torch_artifact.exists() and stamp_path.exists()
+            and json.loads(stamp_path.read_text()) == stamp):
         print(f"{spec.name}: {output} is up to date")
         return output
-    command = [sys.executable, str(REPO_ROOT / "build" / "create_onnx.py"), "--model", spec.name, "--output", str(output)]
+    # the torch artifact (RUNTIME=torch) is written with the ONNX, from the same weights, every time
+    command = [sys.executable, str(REPO_ROOT / "build" / "create_onnx.py"), "--model", spec.name, "--output", str(output),
+               "--save-torch", str(torch_artifact)]
     if inputs["WEIGHTS"]:
         command += ["--weights", inputs["WEIGHTS"]]
     else:
@@ -99,12 +104,17 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
     return output
 
 
+def torch_artifact_path(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".pt")
+
+
 def spec_for_artifact(spec: specs.ModelSpec, onnx_path: Path, runtime: str) -> specs.ModelSpec:
     """The spec as the ONNX really is (a user's file may differ in input size or layout), checked for the runtime."""
     from yolo_triton import onnx_import
 
     info = onnx_import.inspect_onnx(onnx_path)
-    onnx_import.check_for_runtime(info, runtime)
+    # RUNTIME=torch serves our modules, not this ONNX; it must still be a layout onnxruntime could run
+    onnx_import.check_for_runtime(info, "onnxruntime" if runtime == "torch" else runtime)
     return onnx_import.spec_for_onnx(spec, info)
 
 
@@ -194,6 +204,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--artifacts", type=Path, default=Path("build/artifacts"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--seed", type=int, default=0)
+    placement = parser.add_argument_group("where the steps run")
+    placement.add_argument("--prepost", choices=("cpu", "gpu"), default=None,
+                           help="pre/post on the CPU or the GPU (default: gpu for RUNTIME=torch on a CUDA host, else cpu)")
+    placement.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                           help="Python-backend detectors (onnxruntime, torch) on KIND_GPU or KIND_CPU; auto: GPU if CUDA")
+    placement.add_argument("--cpu-twin", action="store_true", help="also <model>_e2e_cpu: CPU pre/post, same detector")
     trt = parser.add_argument_group("RUNTIME=tensorrt")
     trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     trt.add_argument("--min-batch", type=int, default=1)
@@ -207,22 +223,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def placement_for(args: argparse.Namespace) -> Placement:
+    cuda = False
+    if args.device == "auto" and args.runtime == "torch":
+        import torch
+
+        cuda = torch.cuda.is_available()
+    gpu = args.device == "gpu" or cuda
+    prepost = args.prepost or ("gpu" if args.runtime == "torch" and gpu else "cpu")
+    return Placement(prepost=prepost, gpu=gpu, cpu_twin=args.cpu_twin)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model_specs, onnx_files = [], {}
+    placement = placement_for(args)
+    model_specs, onnx_files, torch_files = [], {}, {}
     for name in args.models:
         spec = specs.get_spec(name)
         onnx_path = build_onnx(spec, args.artifacts, args.seed, dict(os.environ))
+        if args.runtime == "torch":
+            if user_inputs(name, dict(os.environ))["ONNX"]:
+                raise SystemExit(f"build-engines: RUNTIME=torch runs our PyTorch modules and needs weights "
+                                 f"(WEIGHTS_{name}), not an ONNX (ONNX_{name})")
+            torch_files[name] = torch_artifact_path(onnx_path)
         if args.runtime == "tensorrt" and args.end2end:
             onnx_path = with_end2end_nms(onnx_path, args.artifacts, name, args.nms_conf, args.nms_iou, args.nms_top_k)
         spec = spec_for_artifact(spec, onnx_path, args.runtime)
         if args.runtime == "tensorrt":
             build_plan(args, spec, onnx_path)
-        else:
+        elif args.runtime == "onnxruntime":
             onnx_files[name] = onnx_path
         model_specs.append(spec)
-    write_repository(args.repository, model_specs, args.runtime, onnx_files)
-    print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} ({args.runtime})")
+    write_repository(args.repository, model_specs, args.runtime, onnx_files, placement, torch_files)
+    print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} ({args.runtime}, {placement})")
     return 0
 
 

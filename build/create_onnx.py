@@ -39,6 +39,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from yolo_triton import specs  # noqa: E402
+from yolo_triton.models.torch_artifact import save_torch_artifact  # noqa: E402
 from yolo_triton.models import darknet  # noqa: E402
 from yolo_triton.models.yolov7 import (  # noqa: E402
     RANDOM_WEIGHTS_WARNING,
@@ -139,8 +140,11 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
                 weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, opset: int = 17, *,
                 save_state_dict: Optional[Union[str, os.PathLike]] = None,
                 cfg: Optional[Union[str, os.PathLike]] = None,
-                save_darknet_weights: Optional[Union[str, os.PathLike]] = None) -> Path:
+                save_darknet_weights: Optional[Union[str, os.PathLike]] = None,
+                save_torch: Optional[Union[str, os.PathLike]] = None) -> Path:
     """Build ``spec``'s model, load ``weights`` (or seeded random ones), fuse, export, check; returns the path.
+
+    ``save_torch``: also write the fused model as a RUNTIME=torch artifact (yolo_triton.models.torch_artifact).
 
     ``save_state_dict`` (yolov7 family): also write the unfused state dict there (what ``--weights`` reads back).
     ``cfg`` (yolov4 family): a darknet cfg file instead of the spec's built-in cfg; ``weights`` is then a darknet
@@ -154,6 +158,8 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
     model = build_detector(spec, weights, seed, cfg=cfg, save_state_dict=save_state_dict,
                            save_darknet_weights=save_darknet_weights)
     model.fuse()
+    if save_torch is not None:
+        save_torch_artifact(model, spec, save_torch, meta=build_metadata(spec, weights, seed, opset, model))
 
     dummy = torch.zeros(EXPORT_BATCH, 3, *spec.input_size)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
@@ -222,6 +228,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset; default 17")
     parser.add_argument("--save-state-dict", type=Path, default=None,
                         help="yolov7: also save the (unfused) state dict here, readable by --weights")
+    parser.add_argument("--save-torch", type=Path, default=None,
+                        help="also write the fused model for RUNTIME=torch (yolo_triton.models.torch_artifact)")
     parser.add_argument("--save-darknet-weights", type=Path, default=None,
                         help="yolov4 family: also save the weights (random or loaded) as a darknet .weights file")
     parser.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
@@ -248,7 +256,8 @@ def main(argv=None) -> int:
         spec = spec.with_overrides(**overrides)
     try:
         export_onnx(spec, args.output, weights=args.weights, seed=args.seed, opset=args.opset,
-                    save_state_dict=args.save_state_dict, cfg=args.cfg, save_darknet_weights=args.save_darknet_weights)
+                    save_state_dict=args.save_state_dict, cfg=args.cfg, save_darknet_weights=args.save_darknet_weights,
+                    save_torch=args.save_torch)
     except (FileNotFoundError, NotImplementedError, darknet.DarknetError) as exc:  # bad --weights/--cfg: a message
         LOGGER.error("%s", exc)
         return 1

@@ -17,7 +17,7 @@ import skimage
 from yolo_triton.repository import repository_files, write_repository
 from yolo_triton.server import TritonServer
 
-from .helpers import FULL, LAYOUT_SPECS, SMALL, V4, V4_TINY, load_build_script
+from .helpers import FULL, LAYOUT_SPECS, SMALL, TORCH_SPECS, V4, V4_TINY, load_build_script
 from .reference import Reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +52,19 @@ def photos():
 
 @pytest.fixture(scope="session")
 def onnx_models(tmp_path_factory):
-    """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs)."""
+    """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs); next to
+    each, ``<same>.pt``: the RUNTIME=torch artifact of the same weights."""
     create_onnx = load_build_script("create_onnx")
     # the cache key includes the architecture's source, so a changed init or layer never reuses a stale file
-    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/models/darknet.py", "yolo_triton/specs.py", "build/create_onnx.py")
+    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/models/darknet.py", "yolo_triton/specs.py", "build/create_onnx.py",
+               "yolo_triton/models/torch_artifact.py")
     code = hashlib.sha256(b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()[:12]
     cache = ROOT / "build" / "artifacts" / "test" / code
     paths = {}
     for spec in (SMALL, FULL, V4, V4_TINY):
         path = cache / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-w{spec.width_multiple}-seed0.onnx"
         if not path.exists():
-            create_onnx.export_onnx(spec, path, seed=0)
+            create_onnx.export_onnx(spec, path, seed=0, save_torch=path.with_suffix(".pt"))
         paths[spec.name] = path
     return paths
 
@@ -70,6 +72,10 @@ def onnx_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, onnx_models):
     path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY], "onnxruntime", onnx_models)
+    # RUNTIME=torch on the CPU: the same weights as SMALL and V4_TINY, our PyTorch modules as the detector
+    for spec in TORCH_SPECS:
+        source = spec.name[: -len("_torch")]
+        write_repository(path, [spec], "torch", torch_files={spec.name: onnx_models[source].with_suffix(".pt")})
     for spec in LAYOUT_SPECS.values():  # their postprocess models only: tests feed them the detector's outputs
         for relative, text in repository_files(spec).items():
             if relative.startswith(f"{spec.postprocess_name}/"):

@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
@@ -33,6 +32,7 @@ PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "
 
 
 def photo_jpegs(names=PHOTOS, quality=90) -> list:
+    import cv2
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
@@ -74,15 +74,17 @@ def detector_input_hw(url: str, protocol: str, detector: str):
 
 
 def perf_analyzer_env() -> dict:
-    """perf_analyzer links libcudart.so.12 even on CPU: the pip package nvidia-cuda-runtime-cu12 provides it."""
+    """perf_analyzer links libcudart.so.12 even on CPU: the pip package nvidia-cuda-runtime-cu12 provides it (or
+    PERF_ANALYZER_LIBS, a folder carried with a perf_analyzer binary)."""
     env = dict(os.environ)
+    libs = [env["PERF_ANALYZER_LIBS"]] if env.get("PERF_ANALYZER_LIBS") else []
     try:
         import nvidia.cuda_runtime
 
-        libs = str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
+        libs.append(str(Path(nvidia.cuda_runtime.__path__[0]) / "lib"))
     except ImportError:
         pass
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, env.get("LD_LIBRARY_PATH")]))
     return env
 
 
@@ -94,16 +96,16 @@ def find_perf_analyzer() -> str:
 UNSTABLE = "Failed to obtain stable measurement"
 
 
-def run_point(args, model: str, concurrency: int, data_file: Path, csv_file: Path) -> dict:
+def run_point(args, model: str, concurrency: int, data_file: Path, csv_file: Path, extra=()) -> dict:
     """One perf_analyzer run at one concurrency. An unstable measurement (a noisy shared CPU, a slow first window)
     is retried with the window doubled, as perf_analyzer itself advises; the window used goes into the row."""
     for attempt in range(args.retries + 1):
         window_ms = args.measurement_ms * 2 ** attempt
         command = [
             find_perf_analyzer(), "-m", model, "-u", args.url, "-i", args.protocol,
-            "--input-data", str(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
+            "--input-data", str(data_file) if data_file else "random", "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-interval", str(window_ms), "--stability-percentage", str(args.stability),
-            "--max-trials", str(args.max_trials), "--percentile", "50", "-f", str(csv_file),
+            "--max-trials", str(args.max_trials), "--percentile", "50", "-f", str(csv_file), *extra,
         ]
         done = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True)
         if done.returncode == 0:

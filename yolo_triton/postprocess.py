@@ -21,7 +21,6 @@ import dataclasses
 import json
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 
 from .preprocess import LetterboxMeta
@@ -128,6 +127,8 @@ def batched_nms(detections: Detections, iou_threshold: float, max_detections: in
     """
     if len(detections) == 0:
         return detections
+    import cv2  # here, not at the top: the GPU path imports this module and never needs OpenCV
+
     order = np.argsort(-detections.scores, kind="stable")[:MAX_NMS_CANDIDATES]
     boxes, scores, classes = detections.boxes[order], detections.scores[order], detections.classes[order]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)

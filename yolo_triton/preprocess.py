@@ -11,7 +11,6 @@ from typing import Tuple
 
 import io
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -54,12 +53,25 @@ class LetterboxMeta:
         return cls(int(round(h)), int(round(w)), gain, pad_x, pad_y)
 
 
-def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode JPEG/PNG/BMP/WebP bytes to an H×W×3 uint8 BGR image.
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What an encoded image's header declares (read by Pillow without decoding the pixels)."""
 
-    Grayscale is expanded to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, and EXIF orientation is
-    applied — all by OpenCV's ``IMREAD_COLOR``, the same call the official ``detect.py`` makes through
-    ``cv2.imread``, so boxes match what users get from the reference code.
+    format: str  # Pillow's name: JPEG, MPO, PNG, BMP, WEBP
+    width: int
+    height: int
+    orientation: int = 1  # EXIF orientation (1 = upright), for decoders that do not apply it themselves
+
+    @property
+    def is_jpeg(self) -> bool:
+        return self.format in ("JPEG", "MPO")
+
+
+def check_encoded(data, limits: DecodeLimits = DecodeLimits()) -> Tuple[np.ndarray, Header]:
+    """Validate encoded bytes before any decoder sees them: type, size, a supported format, declared pixels.
+
+    Returns the bytes as a uint8 array and the header. Every decoder (OpenCV here, nvJPEG on the GPU) goes
+    through this, so limits and error messages are the same on every path.
     """
     if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
         raise ImageDecodeError(f"expected encoded image bytes, got {type(data).__name__}")
@@ -68,39 +80,56 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         raise ImageDecodeError("empty input: 0 bytes")
     if buffer.size > limits.max_bytes:
         raise ImageDecodeError(f"image is {buffer.size} bytes, over the limit of {limits.max_bytes}")
-    _check_declared_size(buffer, limits)
+    return buffer, _read_header(buffer, limits)
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode JPEG/PNG/BMP/WebP bytes to an H×W×3 uint8 BGR image.
+
+    Grayscale is expanded to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, and EXIF orientation is
+    applied — all by OpenCV's ``IMREAD_COLOR``, the same call the official ``detect.py`` makes through
+    ``cv2.imread``, so boxes match what users get from the reference code.
+    """
+    import cv2  # here, not at the top: the GPU path (yolo_triton.gpu) imports this module and never needs OpenCV
+
+    buffer, _ = check_encoded(data, limits)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
-        raise _undecodable(buffer)
+        raise undecodable(buffer)
     height, width = image.shape[:2]
     if height * width > limits.max_pixels:
         raise ImageDecodeError(f"image is {width}x{height} = {height * width} pixels, over the limit of {limits.max_pixels}")
     return image
 
 
-def _undecodable(buffer: np.ndarray) -> ImageDecodeError:
+def undecodable(buffer: np.ndarray) -> ImageDecodeError:
     return ImageDecodeError(
         f"cannot decode {buffer.size} bytes as an image (supported: JPEG, PNG, BMP, WebP; first bytes {bytes(buffer[:8]).hex()})"
     )
 
 
-def _check_declared_size(buffer: np.ndarray, limits: DecodeLimits) -> None:
+EXIF_ORIENTATION = 0x0112
+
+
+def _read_header(buffer: np.ndarray, limits: DecodeLimits) -> Header:
     """Refuse a decompression bomb from its header: a few hundred bytes can declare gigapixels.
 
     Pillow's ``Image.open`` reads the header only. Only the formats we support pass; anything else is refused
-    here, so OpenCV never decodes a size nobody checked.
+    here, so no decoder ever decodes a size nobody checked.
     """
     try:
         with Image.open(io.BytesIO(buffer.tobytes())) as header:
             width, height, kind = *header.size, header.format
+            orientation = header.getexif().get(EXIF_ORIENTATION, 1) if kind in ("JPEG", "MPO") else 1
     except Image.DecompressionBombError as error:  # Pillow's own cap, far above ours: still a bomb
         raise ImageDecodeError(f"image declares too many pixels: {error}") from None
-    except Exception:  # a header Pillow cannot read: refuse rather than let OpenCV decode an unchecked size
-        raise _undecodable(buffer) from None
+    except Exception:  # a header Pillow cannot read: refuse rather than let a decoder decode an unchecked size
+        raise undecodable(buffer) from None
     if kind not in SUPPORTED_FORMATS:  # e.g. HDR, PFM, PPM: OpenCV would decode them without our size check
         raise ImageDecodeError(f"unsupported image format {kind} (supported: JPEG, PNG, BMP, WebP)")
     if width * height > limits.max_pixels:
         raise ImageDecodeError(f"image declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
+    return Header(kind, width, height, int(orientation) if orientation in range(1, 9) else 1)
 
 
 def letterbox_meta(original_hw: Tuple[int, int], target_hw: Tuple[int, int]) -> LetterboxMeta:
@@ -113,6 +142,8 @@ def letterbox_meta(original_hw: Tuple[int, int], target_hw: Tuple[int, int]) -> 
 
 def letterbox(image: np.ndarray, target_hw: Tuple[int, int], pad_value: int = 114) -> Tuple[np.ndarray, LetterboxMeta]:
     """Resize keeping aspect ratio and pad to ``target_hw``, centred (official letterbox, auto=False)."""
+    import cv2
+
     h0, w0 = image.shape[:2]
     th, tw = target_hw
     ratio = min(th / h0, tw / w0)

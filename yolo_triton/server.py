@@ -6,7 +6,7 @@ embeds the system libpython; it imports from the environment of the ``python3`` 
 PYTHONPATH, so the server must start with this virtualenv's ``bin/`` first on PATH.
 
 Point at another server with ``TRITONSERVER=/path/to/tritonserver`` (and ``TRITON_BACKENDS``, default
-``/opt/tritonserver/backends``, as in NGC containers).
+``/opt/tritonserver/backends``, as in NGC containers; ``TRITON_LIBS``, a folder of libraries it needs).
 
 Plugin libraries (e.g. the yolov4 ``liblayerplugin.so`` of a tensorrtx-style engine) are server-wide in Triton:
 those a detector's config.pbtxt declares (parameter ``plugins``) and those given on the command line are
@@ -111,7 +111,9 @@ def find_triton() -> TritonInstall:
     if binary:
         if not Path(binary).exists():
             raise TritonNotFound(f"TRITONSERVER={binary} does not exist")
-        return TritonInstall(Path(binary), Path(os.environ.get("TRITON_BACKENDS", "/opt/tritonserver/backends")))
+        libs = os.environ.get("TRITON_LIBS")  # libraries the server needs beside the system's (a carried bundle)
+        return TritonInstall(Path(binary), Path(os.environ.get("TRITON_BACKENDS", "/opt/tritonserver/backends")),
+                             Path(libs) if libs else None)
     return embedded_triton()
 
 

@@ -812,6 +812,7 @@ def from_spec(spec: ModelSpec, cfg_path: Optional[PathLike] = None) -> DarknetMo
         raise DarknetError(f"{source}: {exc}") from None
     check_spec(model, spec, source)
     model.cfg_source = source
+    model.cfg_text = text  # kept: a torch artifact (yolo_triton.models.torch_artifact) rebuilds from it
     model.cfg_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return model
 

@@ -58,19 +58,20 @@ class TritonPythonModel:
             ]
         except ValueError as error:  # a detector output that does not parse fails this request, not the model
             return error_response(f"cannot read detector output: {error}", pb_utils.TritonError.INTERNAL)
-        return pb_utils.InferenceResponse(output_tensors=self._pack(results))
+        return pb_utils.InferenceResponse(output_tensors=pack_detections(results, self.labels))
 
-    def _pack(self, results):
-        """A request may hold several images: pad to its largest count; ``num_detections`` says how many are real."""
-        batch, width = len(results), max((len(r) for r in results), default=0)
-        counts = np.array([[len(r)] for r in results], dtype=np.int32)
-        boxes = np.zeros((batch, width, 4), np.float32)
-        scores = np.zeros((batch, width), np.float32)
-        classes = np.full((batch, width), -1, np.int32)
-        names = np.full((batch, width), b"", dtype=object)
-        for i, result in enumerate(results):
-            n = len(result)
-            boxes[i, :n], scores[i, :n], classes[i, :n] = result.boxes, result.scores, result.classes
-            names[i, :n] = self.labels[result.classes]
-        values = (counts, boxes, scores, classes, names)
-        return [pb_utils.Tensor(name, value) for name, value in zip(specs.ENSEMBLE_OUTPUTS, values)]
+
+def pack_detections(results, labels):
+    """A request may hold several images: pad to its largest count; ``num_detections`` says how many are real."""
+    batch, width = len(results), max((len(r) for r in results), default=0)
+    counts = np.array([[len(r)] for r in results], dtype=np.int32)
+    boxes = np.zeros((batch, width, 4), np.float32)
+    scores = np.zeros((batch, width), np.float32)
+    classes = np.full((batch, width), -1, np.int32)
+    names = np.full((batch, width), b"", dtype=object)
+    for i, result in enumerate(results):
+        n = len(result)
+        boxes[i, :n], scores[i, :n], classes[i, :n] = result.boxes, result.scores, result.classes
+        names[i, :n] = labels[result.classes]
+    values = (counts, boxes, scores, classes, names)
+    return [pb_utils.Tensor(name, value) for name, value in zip(specs.ENSEMBLE_OUTPUTS, values)]

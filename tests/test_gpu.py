@@ -1,0 +1,174 @@
+"""The GPU path: nvJPEG decode + letterbox + NMS in PyTorch on CUDA, RUNTIME=torch with FP16 and CUDA graphs,
+tensors handed between the ensemble's steps on the GPU. Runs where CUDA and torchvision are (the GPU machine:
+tools/gpu_check.sh); skipped elsewhere, with the reason.
+
+Tolerances are stated where the GPU path is not bit-identical to the CPU path: nvJPEG's IDCT and the float
+bilinear resize differ from libjpeg/OpenCV by a few 8-bit levels at some pixels; the detector runs in FP16.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+torchvision = pytest.importorskip("torchvision", reason="the GPU path needs torchvision (nvJPEG, NMS)")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device here: the GPU path runs on the GPU machine (tools/gpu_check.sh)", allow_module_level=True)
+
+from yolo_triton import gpu  # noqa: E402
+from yolo_triton import postprocess as post  # noqa: E402
+from yolo_triton import preprocess as pre  # noqa: E402
+from yolo_triton.models.torch_artifact import load_torch_artifact  # noqa: E402
+from yolo_triton.repository import Placement, write_repository  # noqa: E402
+from yolo_triton.server import TritonServer  # noqa: E402
+
+from .helpers import SMALL, client_for, infer_images  # noqa: E402
+from .reference import iou_one_to_many  # noqa: E402
+
+CUDA = torch.device("cuda")
+PHOTOS = ["astronaut_square_png", "chelsea_landscape_png", "rocket_jpg", "coffee_landscape_jpg",
+          "motorcycle_portrait_jpg", "chelsea_tiny_jpg", "astronaut_4k_jpg", "rocket_gray_png"]
+
+
+def test_gpu_preprocess_is_close_to_the_cpu_preprocess(photos):
+    items = [photos[name] for name in PHOTOS]
+    batch, metas, errors = gpu.preprocess_batch(items, SMALL.input_size, CUDA)
+    assert errors == [None] * len(items) and batch.device.type == "cuda"
+    for index, data in enumerate(items):
+        cpu, meta = pre.preprocess_image(data, SMALL.input_size)
+        np.testing.assert_allclose(metas[index], meta.to_array(), rtol=1e-6)
+        diff = np.abs(batch[index].cpu().numpy() - cpu) * 255
+        # PNG: same decoded pixels, only the resize differs; JPEG: nvJPEG vs libjpeg too
+        assert diff.mean() < 1.5, (PHOTOS[index], diff.mean())
+        assert np.percentile(diff, 99) <= 8, (PHOTOS[index], np.percentile(diff, 99))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_as_opencv(photos, orientation):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(photos["coffee_landscape_jpg"])).resize((64, 40))
+    exif = Image.Exif()
+    exif[pre.EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    data = buffer.getvalue()
+    decoded = gpu.decode_images([data], CUDA)[0]
+    cpu = pre.decode_image(data)[:, :, ::-1].transpose(2, 0, 1)
+    assert tuple(decoded.shape) == cpu.shape
+    assert np.abs(decoded.cpu().numpy().astype(int) - cpu).mean() < 3
+
+
+def test_bad_images_fail_alone(photos):
+    items = [photos["rocket_jpg"], b"", b"\xff\xd8\xff\xe0 not really a jpeg" * 10, photos["chelsea_landscape_png"]]
+    _, _, errors = gpu.preprocess_batch(items, SMALL.input_size, CUDA)
+    assert errors[0] is None and errors[3] is None
+    assert "empty input" in str(errors[1]) and "cannot decode" in str(errors[2])
+
+
+def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos):
+    """Same predictions in: the GPU NMS (torchvision, float64 offsets) keeps the same boxes as the CPU path."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
+    tensors, metas = zip(*(pre.preprocess_image(photos[n], SMALL.input_size) for n in PHOTOS))
+    predictions = session.run(None, {"images": np.stack(tensors)})[0]
+    params = [post.DetectionParams(conf_threshold=0.02)] * len(PHOTOS)
+    ours = gpu.postprocess_batch(torch.from_numpy(predictions).to(CUDA), np.stack([m.to_array() for m in metas]), params)
+    for index, meta in enumerate(metas):
+        expected = post.postprocess(predictions[index], meta, params[index])
+        assert len(ours[index]) == len(expected) > 0
+        np.testing.assert_array_equal(ours[index].classes, expected.classes)
+        np.testing.assert_allclose(ours[index].scores, expected.scores, rtol=1e-6)
+        np.testing.assert_allclose(ours[index].boxes, expected.boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_fp16_cuda_graph_detector_close_to_onnxruntime(onnx_models, batch):
+    """RUNTIME=torch on the GPU (FP16, channels_last, CUDA graph of the bucket) against onnxruntime FP32."""
+    import onnxruntime as ort
+
+    model, spec = load_torch_artifact(onnx_models[SMALL.name].with_suffix(".pt"))
+    model = gpu.prepare_for_gpu(model, CUDA)
+    runner = gpu.GraphRunner(model, (3, *spec.input_size), 8, CUDA, torch.float16)
+    x = np.random.default_rng(batch).random((batch, 3, *spec.input_size), dtype=np.float32)
+    ours = runner(torch.from_numpy(x).to(CUDA, torch.float16)).cpu().numpy()
+    reference = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    error = relative_error(ours, reference)
+    print(f"batch {batch}: ‖fp16 − fp32‖ / ‖fp32‖ = {error:.2e}")
+    assert np.isfinite(ours).all() and error < 1e-2
+
+
+def relative_error(ours, reference):
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+@pytest.fixture(scope="module")
+def gpu_server(onnx_models, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("gpu_repository")
+    # FP32 here: this test checks the GPU decode, letterbox, NMS and hand-over; FP16's effect on a random-weight
+    # network is measured on its own (test_fp16_cuda_graph_detector_close_to_onnxruntime)
+    write_repository(repository, [SMALL], "torch", placement=Placement("gpu", gpu=True, cpu_twin=True, half=False),
+                     torch_files={SMALL.name: onnx_models[SMALL.name].with_suffix(".pt")})
+    pool = ["--cuda-memory-pool-byte-size=0:2147483648"]
+    with TritonServer(repository, log_path=tmp_path_factory.mktemp("log") / "triton.log", extra=pool) as server:
+        yield server
+
+
+def matched_share(boxes, classes, ref_boxes, ref_classes, iou=0.9):
+    """Share of reference boxes with a same-class box at IoU ≥ ``iou``."""
+    hits = 0
+    for box, cls in zip(ref_boxes, ref_classes):
+        same = boxes[classes == cls]
+        hits += bool(len(same)) and iou_one_to_many(box, same).max() >= iou
+    return hits / max(1, len(ref_boxes))
+
+
+@pytest.fixture(scope="module")
+def expected_from_gpu_preprocess(onnx_models, photos):
+    """The reference detections of the GPU-preprocessed tensors: onnxruntime FP32 + the test's own decode/NMS."""
+    import onnxruntime as ort
+
+    from .reference import ref_detect
+
+    session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
+    batch, metas, _ = gpu.preprocess_batch([photos[n] for n in PHOTOS], SMALL.input_size, CUDA)
+    predictions = session.run(None, {"images": batch.cpu().numpy()})[0]
+    return [ref_detect(predictions[i], (int(metas[i][0]), int(metas[i][1])), SMALL.input_size, conf=0.05)
+            for i in range(len(PHOTOS))]
+
+
+@pytest.mark.parametrize("ensemble", [SMALL.ensemble_name, SMALL.ensemble_name + "_cpu"])
+def test_gpu_ensemble_matches_the_reference(gpu_server, photos, reference_small, expected_from_gpu_preprocess, ensemble):
+    """The whole ensemble on the GPU (tensors handed over on the GPU, FP32 detector) = its steps computed apart.
+
+    GPU pre/post: against the reference fed by the GPU preprocess (whose own closeness to the CPU preprocess is
+    tested above); CPU twin: against the CPU reference."""
+    module, client = client_for(gpu_server, "grpc")
+    items = [photos[n] for n in PHOTOS]
+    result = infer_images(module, client, ensemble, items, parameters={"conf_threshold": 0.05})
+    shares = []
+    for index, data in enumerate(items):
+        expected = reference_small.detect(data, conf=0.05) if ensemble.endswith("_cpu") else expected_from_gpu_preprocess[index]
+        ref_boxes, ref_scores, ref_classes = expected
+        n = int(result["num_detections"][index, 0])
+        shares.append(matched_share(result["boxes"][index, :n], result["classes"][index, :n], ref_boxes, ref_classes))
+        assert abs(n - len(ref_scores)) <= max(3, 0.1 * len(ref_scores)), (PHOTOS[index], n, len(ref_scores))
+    print(f"{ensemble}: share of reference boxes matched (same class, IoU >= 0.9): {np.round(shares, 3)}")
+    # Measured on the H100: 0.93 on average for both ensembles, i.e. the GPU pre/post adds nothing to what the
+    # detector's own arithmetic (cuDNN FP32 vs onnxruntime's CPU kernels) does to this random-weight network at
+    # conf 0.05, where many near-equal scores make NMS pick among near-duplicates.
+    assert np.mean(shares) >= 0.85, shares
+
+
+def test_gpu_ensemble_bad_input_fails_alone(gpu_server, photos):
+    module, client = client_for(gpu_server, "grpc")
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="cannot decode"):
+        infer_images(module, client, SMALL.ensemble_name, [b"junk" * 100])
+    result = infer_images(module, client, SMALL.ensemble_name, [photos["rocket_jpg"]])
+    assert result["num_detections"].shape == (1, 1)
+    assert gpu_server.is_ready()

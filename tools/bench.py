@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""`make bench`: one server, one run, four configurations, a concurrency sweep — where the time goes.
+
+    python tools/bench.py -u localhost:8001 -m yolov7 [--concurrency 1 4 16 64] [--sizes 640x480 1280x720 1920x1080]
+
+  (a) detector alone, input tensors through shared memory (CUDA shared memory on a GPU host, system shared
+      memory otherwise) — the ceiling the ensemble is measured against;
+  (b) the ensemble ``<model>_e2e``, real JPEG bytes over plain gRPC (GPU pre/post when built so);
+  (c) ``<model>_e2e_cpu``, the same detector with CPU pre/post (if the repository has it: --cpu-twin);
+  (d) the seed's architecture: the client letterboxes and sends the FP32 tensor over plain gRPC to the detector.
+
+JPEGs: photos from the scikit-image wheel resized to each ``--sizes`` entry (Pillow, quality 90). Prints a
+table and the ratios (b)/(a), (b)/(d) at each concurrency and p50 at concurrency 1; writes bench.csv,
+bench.json and bench.png under --out. Triton's per-model statistics (queue, compute input/infer/output for every
+composing model) are saved to stats.json after the run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import perf  # noqa: E402  (tools/perf.py: perf_analyzer runner, input data, plot)
+
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
+
+
+def resized_jpegs(size, quality=90) -> list:
+    """The photos resized to ``size`` (w, h) and encoded as JPEG with Pillow."""
+    import skimage
+    from PIL import Image
+
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in PHOTOS:
+        image = Image.open(folder / name).convert("RGB").resize(size, Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
+
+
+def letterboxed_tensors_json(images, target_hw) -> dict:
+    """(d)'s input: the client's own preprocessing (the same letterbox as the server), FP32 bytes."""
+    import base64
+
+    import torch
+
+    from yolo_triton.gpu import preprocess_batch
+
+    batch, _, errors = preprocess_batch(images, target_hw, torch.device("cpu"))
+    assert not any(errors), errors
+    return {"data": [{"images": {"b64": base64.b64encode(t.numpy().tobytes()).decode(), "shape": list(t.shape)}}
+                     for t in batch]}
+
+
+def server_statistics(url: str) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url).get_inference_statistics(as_json=True)
+
+
+def has_model(url: str, name: str) -> bool:
+    import tritonclient.grpc as grpcclient
+
+    try:
+        return grpcclient.InferenceServerClient(url).is_model_ready(name)
+    except Exception:
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-u", "--url", default="localhost:8001")
+    parser.add_argument("-m", "--model", default="yolov7", help="the detector; the ensembles are MODEL_e2e, MODEL_e2e_cpu")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720", "1920x1080"])
+    parser.add_argument("--shared-memory", choices=["cuda", "system"], default=None,
+                        help="(a)'s transport; default cuda when torch sees a GPU, else system")
+    parser.add_argument("--measurement-ms", type=int, default=3000)
+    parser.add_argument("--stability", type=int, default=20)
+    parser.add_argument("--max-trials", type=int, default=6)
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
+    parser.add_argument("--out", type=Path, default=Path("build/bench"))
+    args = parser.parse_args(argv)
+    args.protocol = "grpc"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.shared_memory is None:
+        import torch
+
+        args.shared_memory = "cuda" if torch.cuda.is_available() else "system"
+
+    hw = perf.detector_input_hw(args.url, "grpc", args.model)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    output_bytes = int(np.prod(perf_output_dims(args.url, args.model))) * 4
+    plan = []  # (case, label, model, data file or None, extra flags)
+    if "a" not in args.skip:
+        plan.append(("a", f"(a) detector alone, {args.shared_memory} shared memory", args.model, None,
+                     ["--shared-memory", args.shared_memory, "--output-shared-memory-size", str(output_bytes)]))
+    for w, h in sizes:
+        data_file = args.out / f"jpeg_{w}x{h}.json"
+        data_file.write_text(json.dumps(perf.input_data_json(resized_jpegs((w, h)))))
+        if "b" not in args.skip:
+            plan.append(("b", f"(b) ensemble {w}x{h} JPEG", f"{args.model}_e2e", data_file, []))
+        if "c" not in args.skip and has_model(args.url, f"{args.model}_e2e_cpu"):
+            plan.append(("c", f"(c) ensemble, CPU pre/post, {w}x{h} JPEG", f"{args.model}_e2e_cpu", data_file, []))
+    if "d" not in args.skip:
+        data_file = args.out / "tensors.json"
+        data_file.write_text(json.dumps(letterboxed_tensors_json(resized_jpegs(sizes[0]), hw)))
+        plan.append(("d", "(d) seed: client preprocess, FP32 tensor over gRPC", args.model, data_file, []))
+
+    rows = []
+    points = [(p, c) for p in plan for c in args.concurrency]
+    for (case, label, model, data_file, extra), c in tqdm(points, desc="bench"):
+        try:
+            row = perf.run_point(args, model, c, data_file, args.out / f"pa_{case}_{model}_{len(rows)}.csv", extra)
+        except RuntimeError as error:  # one configuration failing does not lose the others' numbers
+            tqdm.write(f"{label} at concurrency {c} failed: {str(error)[-1500:]}", file=sys.stderr)
+            continue
+        rows.append({"case": case, "config": label, **row})
+        write_report(args, rows)  # after every point: a run cut short still leaves its numbers
+    (args.out / "stats.json").write_text(json.dumps(server_statistics(args.url), indent=1))
+    ratios = write_report(args, rows)
+    if rows:
+        perf.plot(rows, args.out / "bench.png", f"{args.model}: detector alone vs ensembles vs client preprocessing")
+    print(f"{'config':<52} {'conc':>5} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs (a)':>7} {'vs (d)':>7}")
+    for r in rows:
+        fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+        print(f"{r['config']:<52} {r['concurrency']:>5} {r['throughput_img_s']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+              f" {fmt(r['ratio_to_a']):>7} {fmt(r['ratio_to_d']):>7}")
+    print("ratios:", json.dumps(ratios))
+    print(f"wrote {args.out}/bench.csv, bench.json, bench.png, stats.json")
+    return 0 if rows else 1
+
+
+def write_report(args, rows) -> dict:
+    """Ratios to (a) and (d) at the same concurrency, best-vs-best ratios, p50 at the lowest concurrency;
+    bench.csv and bench.json. Returns the ratios."""
+    best = lambda case: max((r["throughput_img_s"] for r in rows if r["case"] == case), default=None)  # noqa: E731
+    for r in rows:
+        same_c = {x["case"]: x for x in rows if x["concurrency"] == r["concurrency"] and x["case"] in ("a", "d")}
+        r["ratio_to_a"] = round(r["throughput_img_s"] / same_c["a"]["throughput_img_s"], 3) if "a" in same_c else None
+        r["ratio_to_d"] = round(r["throughput_img_s"] / same_c["d"]["throughput_img_s"], 3) if "d" in same_c else None
+    ratios = {}
+    if best("a") and best("b"):
+        ratios["best_b_over_best_a"] = round(best("b") / best("a"), 3)
+    if best("d") and best("b"):
+        ratios["best_b_over_best_d"] = round(best("b") / best("d"), 3)
+    low = min(args.concurrency)
+    p50_low = {r["config"]: r["p50_ms"] for r in rows if r["concurrency"] == low}
+    with open(args.out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / "bench.json").write_text(json.dumps({"model": args.model, "url": args.url, "rows": rows, "ratios": ratios,
+                                                     f"p50_ms_at_concurrency_{low}": p50_low}, indent=2))
+    return ratios
+
+
+def perf_output_dims(url: str, model: str):
+    import tritonclient.grpc as grpcclient
+
+    config = grpcclient.InferenceServerClient(url).get_model_config(model, as_json=True)["config"]
+    return [int(d) for d in config["output"][0]["dims"]]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

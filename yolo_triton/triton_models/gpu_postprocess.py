@@ -1,0 +1,50 @@
+"""Postprocess on the GPU: the raw-grid detector output stays on the GPU (DLPack); thresholds and NMS for every
+image of the scheduler's batch run there in one go (``yolo_triton.gpu.postprocess_batch``); only the final boxes
+come to the host. Other layouts (their NMS is done or tiny) use the CPU postprocess unchanged."""
+from __future__ import annotations
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from yolo_triton import specs
+from yolo_triton.gpu import postprocess_batch
+from yolo_triton.postprocess import DetectionParams
+
+from . import postprocess as cpu
+from .common import error_response, parse_model_config
+from .torch_common import input_tensor, pick_device
+
+
+class TritonPythonModel(cpu.TritonPythonModel):
+    def initialize(self, args):
+        super().initialize(args)
+        self.device = pick_device(parse_model_config(args))
+
+    def execute(self, requests):
+        if self.layout != specs.LAYOUT_RAW_GRID:
+            return super().execute(requests)
+        responses = [None] * len(requests)
+        good, params, predictions, metas = [], [], [], []
+        for index, request in enumerate(requests):
+            try:
+                request_params = DetectionParams.from_request_json(self.defaults, request.parameters())
+            except ValueError as error:
+                responses[index] = error_response(f"bad request parameter: {error}")
+                continue
+            prediction = input_tensor(request, specs.DETECTOR_OUTPUT).to(self.device, non_blocking=True)
+            meta = input_tensor(request, specs.LETTERBOX_META).cpu().numpy()
+            good.append(index)
+            predictions.append(prediction)
+            metas.append(meta)
+            params += [request_params] * len(prediction)
+        if good:
+            import numpy as np
+
+            with torch.inference_mode():
+                results = postprocess_batch(torch.cat(predictions), np.concatenate(metas), params)
+            start = 0
+            for index, prediction in zip(good, predictions):
+                mine = results[start : start + len(prediction)]
+                start += len(prediction)
+                responses[index] = pb_utils.InferenceResponse(output_tensors=cpu.pack_detections(mine, self.labels))
+        return responses

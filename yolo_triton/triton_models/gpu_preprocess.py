@@ -1,0 +1,50 @@
+"""Preprocess on the GPU: every image of the scheduler's batch is decoded (nvJPEG for JPEG, in one call) and
+letterboxed on the GPU into one tensor, handed to the detector on the GPU (DLPack, no host copy). An image that
+fails fails its own request only, with the same messages as the CPU preprocess."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from yolo_triton import specs
+from yolo_triton.gpu import preprocess_batch
+from yolo_triton.preprocess import ImageDecodeError
+
+from . import preprocess as cpu
+from .common import error_response, parse_model_config
+from .torch_common import output_tensor, pick_device
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class TritonPythonModel(cpu.TritonPythonModel):
+    def initialize(self, args):
+        super().initialize(args)
+        self.device = pick_device(parse_model_config(args))
+        self.torch_dtype = TORCH_DTYPES[np.dtype(self.image_dtype).name]
+
+    def execute(self, requests):
+        per_request = [pb_utils.get_input_tensor_by_name(r, specs.ENSEMBLE_INPUT).as_numpy().reshape(-1) for r in requests]
+        items = [data for encoded in per_request for data in encoded]
+        with torch.inference_mode():
+            batch, metas, errors = preprocess_batch(items, self.target_hw, self.device, self.pad_value, self.limits,
+                                                    self.torch_dtype)
+        responses, start = [], 0
+        for encoded in per_request:
+            stop = start + len(encoded)
+            failed = [(i, e) for i, e in enumerate(errors[start:stop]) if e is not None]
+            if failed:
+                index, error = failed[0]
+                where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if len(encoded) > 1 else ""
+                kind = "" if isinstance(error, ImageDecodeError) else "cannot preprocess image: "
+                responses.append(error_response(f"{where}{kind}{error}"))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    output_tensor(specs.DETECTOR_INPUT, batch[start:stop]),
+                    pb_utils.Tensor(specs.LETTERBOX_META, metas[start:stop]),
+                ]))
+            start = stop
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
+        return responses

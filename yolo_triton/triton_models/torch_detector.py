@@ -1,0 +1,70 @@
+"""Detector for RUNTIME=torch: our own PyTorch YOLOv7 / YOLOv4 modules, for GPU hosts without TensorRT.
+
+The weights are the artifact ``build/create_onnx.py --save-torch`` wrote next to the ONNX (same network). On a
+GPU instance: FP16, channels_last, cuDNN autotuning, and one CUDA graph per batch bucket (1, 2, 4, … up to
+max_batch_size; a batch runs in the smallest bucket that holds it), captured at load so that no request pays
+for it. On a CPU instance (a host without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack,
+so a GPU preprocess hands its tensor over without a host copy. Output: FP32 raw grid, as the ONNX's.
+"""
+from __future__ import annotations
+
+import os
+import torch
+import triton_python_backend_utils as pb_utils
+
+from yolo_triton import specs
+from yolo_triton.gpu import GraphRunner, prepare_for_gpu
+from yolo_triton.models.torch_artifact import load_torch_artifact
+
+from .common import config_parameters, error_response, logger, parse_model_config
+from .torch_common import input_tensor, output_tensor, pick_device
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_model_config(args)
+        params = config_parameters(config)
+        self.device = pick_device(config)
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("torch_file", "model.pt"))
+        model, spec = load_torch_artifact(path)
+        if model.artifact_meta.get("random_weights") == "true":
+            logger.warning("%s: RANDOM WEIGHTS (seed %s): boxes from this model are meaningless", args["model_name"],
+                           model.artifact_meta.get("seed"))
+        self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
+        gpu = self.device.type == "cuda"
+        half = gpu and params.get("half", "true") == "true"
+        self.dtype = torch.float16 if half else torch.float32
+        self.model = model = prepare_for_gpu(model, self.device, self.dtype) if gpu else model.to(self.device)
+        self.runner = None
+        if gpu and params.get("cuda_graphs", "true") == "true":
+            self.runner = GraphRunner(model, (3, *spec.input_size), self.max_batch_size, self.device, self.dtype)
+        logger.info("%s: %s on %s, %s, CUDA graphs %s", args["model_name"], spec.name, self.device, self.dtype,
+                    self.runner.buckets if self.runner else "off")
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+        if self.runner is not None:
+            return self.runner(batch)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float()
+
+    def execute(self, requests):
+        try:
+            images = [input_tensor(r, specs.DETECTOR_INPUT) for r in requests]
+            with torch.inference_mode():
+                outputs = self._run(torch.cat([i.to(self.device) for i in images]) if len(images) > 1 else images[0])
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        except Exception as error:  # a failure fails this batch's requests, not the server
+            return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
+        responses, start = [], 0
+        for image in images:
+            stop = start + len(image)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, outputs[start:stop])]))
+            start = stop
+        return responses
+
+    def finalize(self):
+        self.runner = None
+        self.model = None
