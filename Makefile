@@ -4,6 +4,7 @@
 #   make build-engines    build the detector artifacts for RUNTIME into build/ and the model repository
 #   make perf             perf_analyzer sweep against the running `make serve` (CSV, JSON, PNG in build/perf)
 #   make bench            detector alone vs ensembles vs client preprocessing, one server (build/bench)
+#   make fuzz             the decode functions under 100,000 hypothesis inputs (FUZZ_EXAMPLES)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,6 +34,7 @@ CPU_TWIN ?=
 CUDA_POOL_MIB ?= 4096
 BENCH_MODEL ?= yolov7
 BENCH_ARGS ?=
+FUZZ_EXAMPLES ?= 100000
 PYTEST_ARGS ?=
 PERF_MODEL ?= yolov7_e2e
 PERF_CONCURRENCY ?= 1 2 4 8
@@ -41,7 +43,7 @@ PERF_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv system-deps build-engines repository serve test perf bench clean clean-artifacts
+.PHONY: help venv system-deps build-engines repository serve test perf bench fuzz clean clean-artifacts
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -93,6 +95,9 @@ perf: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py -u localhost:$(GRPC_PORT) -m $(BENCH_MODEL) --out build/bench $(BENCH_ARGS)
+
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_bad_inputs.py -k fuzz -p no:cacheprovider -q --durations=1 -o timeout=3600
 
 clean-artifacts:
 	rm -rf $(ARTIFACTS)/*.onnx $(ARTIFACTS)/*.onnx.json $(REPOSITORY)/*/1/model.onnx

@@ -117,8 +117,9 @@ def _read_header(buffer: np.ndarray, limits: DecodeLimits) -> Header:
     Pillow's ``Image.open`` reads the header only. Only the formats we support pass; anything else is refused
     here, so no decoder ever decodes a size nobody checked.
     """
+    data = buffer.tobytes()
     try:
-        with Image.open(io.BytesIO(buffer.tobytes())) as header:
+        with Image.open(io.BytesIO(data)) as header:
             width, height, kind = *header.size, header.format
             orientation = header.getexif().get(EXIF_ORIENTATION, 1) if kind in ("JPEG", "MPO") else 1
     except Image.DecompressionBombError as error:  # Pillow's own cap, far above ours: still a bomb
@@ -127,6 +128,10 @@ def _read_header(buffer: np.ndarray, limits: DecodeLimits) -> Header:
         raise undecodable(buffer) from None
     if kind not in SUPPORTED_FORMATS:  # e.g. HDR, PFM, PPM: OpenCV would decode them without our size check
         raise ImageDecodeError(f"unsupported image format {kind} (supported: JPEG, PNG, BMP, WebP)")
+    if kind in ("JPEG", "MPO") and data.rfind(b"\xff\xd9") < 2:
+        # libjpeg decodes a cut-off JPEG without complaint, filling the missing rows from whatever memory holds:
+        # boxes that vary from call to call. Refused instead.
+        raise ImageDecodeError(f"truncated JPEG: {len(data)} bytes and no end-of-image marker")
     if width * height > limits.max_pixels:
         raise ImageDecodeError(f"image declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
     return Header(kind, width, height, int(orientation) if orientation in range(1, 9) else 1)
