@@ -70,9 +70,16 @@ def _parameters(values: dict) -> str:
     return "parameters [\n" + ",\n".join(items) + "\n]\n"
 
 
-def _batching(spec: S.ModelSpec, preferred: bool) -> str:
+# On a GPU a step takes milliseconds, not the CPU's hundreds: the batcher waits less for company, and a second
+# instance per step lets one instance's host-side work (Python, DLPack hand-over) overlap the other's GPU work.
+GPU_QUEUE_DELAY_US = 100
+GPU_INSTANCES = 2
+
+
+def _batching(spec: S.ModelSpec, preferred: bool, gpu: bool = False) -> str:
     sizes = f"preferred_batch_size: {_dims(spec.preferred_batch_sizes)} " if preferred else ""
-    return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {spec.max_queue_delay_us} }}\n"
+    delay = GPU_QUEUE_DELAY_US if gpu else spec.max_queue_delay_us
+    return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {delay} }}\n"
 
 
 def _instances(count: int, kind: str = "KIND_CPU") -> str:
@@ -110,8 +117,8 @@ def preprocess_config(spec: S.ModelSpec, instances: int = 2, name: Optional[str]
             "output",
             [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec)), _tensor(S.LETTERBOX_META, "TYPE_FP32", [META_SIZE])],
         )
-        + _batching(spec, preferred=False)
-        + _instances(instances, "KIND_GPU" if gpu else "KIND_CPU")
+        + _batching(spec, preferred=False, gpu=gpu)
+        + _instances(GPU_INSTANCES if gpu else instances, "KIND_GPU" if gpu else "KIND_CPU")
         + _parameters({"pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes, "max_image_pixels": limits.max_pixels})
     )
 
@@ -120,8 +127,10 @@ def detector_config(spec: S.ModelSpec, runtime: str = "onnxruntime", instances: 
                     half: bool = True) -> str:
     """The detector's config: same tensors for every runtime, so the ensemble and its other steps never change."""
     tensors = (_tensors("input", [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec))])
-               + _tensors("output", _detector_outputs(spec)) + _batching(spec, preferred=True))
+               + _tensors("output", _detector_outputs(spec)) + _batching(spec, preferred=True, gpu=gpu or runtime == "tensorrt"))
     kind = "KIND_GPU" if gpu else "KIND_CPU"
+    if gpu:
+        instances = max(instances, GPU_INSTANCES)
     if runtime == "onnxruntime":
         return (_python_model(spec.name, spec) + tensors + _instances(instances, kind)
                 + _parameters({"onnx_file": ONNX_FILE, "intra_op_threads": 0, **_plugin_parameter(spec)}))
@@ -145,8 +154,8 @@ def postprocess_config(spec: S.ModelSpec, instances: int = 1, name: Optional[str
             _detector_outputs(spec) + [_tensor(S.LETTERBOX_META, "TYPE_FP32", [META_SIZE])],
         )
         + _tensors("output", ensemble_outputs())
-        + _batching(spec, preferred=False)
-        + _instances(instances, "KIND_GPU" if gpu else "KIND_CPU")
+        + _batching(spec, preferred=False, gpu=gpu)
+        + _instances(GPU_INSTANCES if gpu else instances, "KIND_GPU" if gpu else "KIND_CPU")
         + _parameters(
             {
                 "layout": spec.layout,
