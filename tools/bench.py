@@ -49,20 +49,6 @@ def resized_jpegs(size, quality=90) -> list:
     return out
 
 
-def letterboxed_tensors_json(images, target_hw) -> dict:
-    """(d)'s input: the client's own preprocessing (the same letterbox as the server), FP32 bytes."""
-    import base64
-
-    import torch
-
-    from yolo_triton.gpu import preprocess_batch
-
-    batch, _, errors = preprocess_batch(images, target_hw, torch.device("cpu"))
-    assert not any(errors), errors
-    return {"data": [{"images": {"b64": base64.b64encode(t.numpy().tobytes()).decode(), "shape": list(t.shape)}}
-                     for t in batch]}
-
-
 def server_statistics(url: str) -> dict:
     import tritonclient.grpc as grpcclient
 
@@ -116,7 +102,7 @@ def main(argv=None) -> int:
             plan.append(("c", f"(c) ensemble, CPU pre/post, {w}x{h} JPEG", f"{args.model}_e2e_cpu", data_file, []))
     if "d" not in args.skip:
         data_file = args.out / "tensors.json"
-        data_file.write_text(json.dumps(letterboxed_tensors_json(resized_jpegs(sizes[0]), hw)))
+        data_file.write_text(json.dumps(perf.tensor_data_json(resized_jpegs(sizes[0]), hw)))
         plan.append(("d", "(d) seed: client preprocess, FP32 tensor over gRPC", args.model, data_file, []))
 
     rows = []

@@ -243,12 +243,19 @@ def repository_files(spec: S.ModelSpec, runtime: str = "onnxruntime", placement:
     return files
 
 
-def declared_outputs(config_path: Path) -> list:
-    """The outputs a config.pbtxt declares, as ``TensorSpec`` (parsed with Triton's own protobuf schema)."""
+def read_model_config(config_path: Path):
+    """A config.pbtxt parsed with Triton's own protobuf schema (``model_config_pb2.ModelConfig``)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse(Path(config_path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    return text_format.Parse(Path(config_path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def declared_outputs(config_path: Path) -> list:
+    """The outputs a config.pbtxt declares, as ``TensorSpec``."""
+    from tritonclient.grpc import model_config_pb2
+
+    config = read_model_config(config_path)
     return [S.TensorSpec(o.name, model_config_pb2.DataType.Name(o.data_type), tuple(o.dims)) for o in config.output]
 
 

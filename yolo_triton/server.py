@@ -41,14 +41,11 @@ PLUGIN_MODES = ("preload", "backend-config")
 
 def declared_plugins(repository: Path) -> List[Path]:
     """Plugin libraries the models in ``repository`` declare (detector config parameter ``plugins``)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    from .repository import PLUGIN_SEPARATOR, PLUGINS_PARAMETER
+    from .repository import PLUGIN_SEPARATOR, PLUGINS_PARAMETER, read_model_config
 
     found: List[Path] = []
     for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
-        config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+        config = read_model_config(config_path)
         if PLUGINS_PARAMETER in config.parameters:
             value = config.parameters[PLUGINS_PARAMETER].string_value
             found += [Path(p) for p in value.split(PLUGIN_SEPARATOR) if p]
