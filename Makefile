@@ -29,6 +29,14 @@ CALIB_IMAGES ?=
 END2END ?=
 # RUNTIME=torch (our PyTorch modules on the GPU): pre/post on the GPU too (PREPOST=gpu, default with CUDA), a CPU
 # twin ensemble for `make bench` (CPU_TWIN=1), and the CUDA memory pool Triton hands GPU tensors through
+# production: the model-repository, shared-memory, trace and logging APIs need the header admin-key (the key:
+# $TRITON_ADMIN_KEY, else build/admin-key, made on first use); open: nothing restricted (make bench needs it for
+# shared memory). TLS_CERT + TLS_KEY: TLS on gRPC, HTTPS on HTTPS_PORT; TLS_CLIENT_CA: mutual TLS
+PROFILE ?= production
+TLS_CERT ?=
+TLS_KEY ?=
+TLS_CLIENT_CA ?=
+HTTPS_PORT ?= 8443
 PREPOST ?=
 CPU_TWIN ?=
 CUDA_POOL_MIB ?= 4096
@@ -84,7 +92,8 @@ build-engines: $(STAMP)
 
 serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
-	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) \
+	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) --profile $(PROFILE) \
+	  $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY) --https-port $(HTTPS_PORT)) $(if $(TLS_CLIENT_CA),--tls-client-ca $(TLS_CLIENT_CA)) \
 	  $(if $(filter torch,$(RUNTIME)),-- --cuda-memory-pool-byte-size=0:$$(($(CUDA_POOL_MIB) * 1048576)))
 
 test: $(STAMP)

@@ -24,7 +24,7 @@ if [[ $what == bench || $what == all ]]; then
   python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
-  setsid python3 tools/serve.py --repository $repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
+  setsid python3 tools/serve.py --repository $repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 --profile open \
     -- --cuda-memory-pool-byte-size=0:4294967296 > "$OUT/server.log" 2>&1 &
   for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; sleep 1; done
   curl -sf localhost:8000/v2/health/ready || { echo "server not ready"; tail -30 "$OUT/server.log"; exit 1; }

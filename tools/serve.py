@@ -5,22 +5,28 @@ Uses the embedded tritonserver from the nvidia-pytriton wheel unless TRITONSERVE
 Triton itself prints the model table (READY/UNAVAILABLE per model) once loading is done.
 Plugin libraries (declared by a detector's config.pbtxt, or --plugin) must exist; they are preloaded
 (LD_PRELOAD) or passed to the TensorRT backend (--plugin-mode backend-config).
+
+--profile production (the default): the model-repository, shared-memory, trace and logging APIs answer only
+requests with the header `admin-key: <TRITON_ADMIN_KEY, or the key in --admin-key-file>`; --profile open for
+benchmarks on a trusted host. --tls-cert/--tls-key: TLS on gRPC, and HTTPS on --https-port in front of the HTTP
+endpoint (which then listens on 127.0.0.1 only); --tls-client-ca makes both mutual. See yolo_triton/security.py.
 """
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from yolo_triton import security  # noqa: E402
 from yolo_triton.repository import RUNTIMES  # noqa: E402
 from yolo_triton.server import PLUGIN_MODES, PluginNotFound, declared_plugins, find_triton, plugin_launch, server_command  # noqa: E402
 
 
-def serve_in_docker(args, plugins) -> None:
+def serve_in_docker(args, plugins, secure_flags, shown_flags) -> None:
     """RUNTIME=tensorrt without a local TensorRT-enabled tritonserver: our image on NGC Triton, in docker."""
-    import subprocess
-
     from yolo_triton import deploy
 
     why_not = deploy.docker_status()
@@ -35,8 +41,9 @@ def serve_in_docker(args, plugins) -> None:
     if subprocess.run(build).returncode != 0:
         raise SystemExit("serve: building the server image failed")
     command = deploy.docker_serve_command(args.repository, image, args.http_port, args.grpc_port, args.metrics_port,
-                                          plugins, args.plugin_mode) + list(args.extra)
-    print("+ " + " ".join(command), flush=True)
+                                          plugins, args.plugin_mode)
+    print("+ " + " ".join([*command, *shown_flags, *args.extra]), flush=True)
+    command += [*secure_flags, *args.extra]
     os.execvp(command[0], command)
 
 
@@ -50,21 +57,73 @@ def main() -> None:
     parser.add_argument("--plugin-mode", choices=PLUGIN_MODES, default="preload")
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                         help="tensorrt: the NGC Triton image in docker, unless TRITONSERVER names a server with TensorRT")
+    parser.add_argument("--profile", choices=security.PROFILES, default="production",
+                        help="production: admin APIs need the admin-key header; open: nothing restricted")
+    parser.add_argument("--admin-key-file", type=Path, default=Path("build/admin-key"),
+                        help=f"the admin key when {security.ADMIN_KEY_ENV} is unset (made, mode 0600, if missing)")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM): TLS on gRPC, HTTPS on --https-port")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: mutual TLS on gRPC and HTTPS")
+    parser.add_argument("--https-port", type=int, default=8443)
     parser.add_argument("extra", nargs="*", help="more tritonserver flags, after --")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     plugins = [*declared_plugins(args.repository), *args.plugin]
     try:
         plugin_env, plugin_flags = plugin_launch(plugins, args.plugin_mode)
     except PluginNotFound as error:
         raise SystemExit(f"serve: {error}") from None
+    try:
+        secure_flags, shown_flags = security_flags(args)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"serve: {error}") from None
     if args.runtime == "tensorrt" and not os.environ.get("TRITONSERVER"):
-        serve_in_docker(args, plugins)
+        if args.tls_cert:
+            raise SystemExit("serve: --tls-cert with the docker server is not supported: terminate TLS in front of it")
+        serve_in_docker(args, plugins, secure_flags, shown_flags)
     install = find_triton()
     command = server_command(install, args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                             [*plugin_flags, *args.extra])
+                             [*plugin_flags, *secure_flags, *args.extra])
+    shown = server_command(install, args.repository, args.http_port, args.grpc_port, args.metrics_port,
+                           [*plugin_flags, *shown_flags, *args.extra])
     env = {**install.env(), **plugin_env}
-    print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(command), flush=True)
+    print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(shown), flush=True)
+    if args.tls_cert:
+        sys.exit(serve_behind_tls(command, env, args))
     os.execve(command[0], command, env)  # Triton becomes this process: Ctrl-C reaches it directly
+
+
+def security_flags(args):
+    """The profile's tritonserver flags, and the same with the admin key masked (for printing)."""
+    flags, shown = [], []
+    if args.profile == "production":
+        key, source = security.admin_key(args.admin_key_file)
+        flags += security.restricted_flags(key)
+        shown += security.restricted_flags("****")
+        print(f"serve: production profile: {', '.join(security.RESTRICTED_APIS)} APIs need the header "
+              f"'{security.ADMIN_HEADER}: <key from {source}>' (--profile open lifts this)", flush=True)
+    if args.tls_cert:
+        tls = security.grpc_tls_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+        # Triton's HTTP endpoint has no TLS: plain HTTP stays on this host, HTTPS is the terminator's port
+        flags += [*tls, "--http-address=127.0.0.1"]
+        shown += [*tls, "--http-address=127.0.0.1"]
+    return flags, shown
+
+
+def serve_behind_tls(command, env, args) -> int:
+    """tritonserver as a child process, HTTPS terminated here; SIGINT/SIGTERM go on to the server."""
+    context = security.server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    terminator = security.TLSTerminator(("0.0.0.0", args.https_port), ("127.0.0.1", args.http_port), context).start()
+    print(f"serve: HTTPS on port {args.https_port} -> HTTP 127.0.0.1:{args.http_port}"
+          + (" (client certificates required)" if args.tls_client_ca else ""), flush=True)
+    server = subprocess.Popen(command, env=env)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda received, _frame: server.send_signal(received))
+    try:
+        return server.wait()
+    finally:
+        terminator.stop()
 
 
 if __name__ == "__main__":
