@@ -39,6 +39,10 @@ TLS_CLIENT_CA ?=
 HTTPS_PORT ?= 8443
 PREPOST ?=
 CPU_TWIN ?=
+# GPU steps: instances per GPU, and which GPUs (comma-separated ids; empty: every GPU the server sees). The CUDA
+# memory pool is set on each visible GPU.
+GPU_INSTANCES ?= 2
+GPUS ?=
 CUDA_POOL_MIB ?= 4096
 BENCH_MODEL ?= yolov7
 BENCH_ARGS ?=
@@ -88,13 +92,13 @@ build-engines: $(STAMP)
 	$(PY) build/build_engines.py --models $(MODELS) --runtime $(RUNTIME) --artifacts $(ARTIFACTS) \
 	  --repository $(REPOSITORY) --seed $(SEED) --precision $(PRECISION) --opt-batch $(OPT_BATCH) \
 	  $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES)) $(if $(END2END),--end2end) \
-	  $(if $(PREPOST),--prepost $(PREPOST)) $(if $(CPU_TWIN),--cpu-twin)
+	  $(if $(PREPOST),--prepost $(PREPOST)) $(if $(CPU_TWIN),--cpu-twin) --gpu-instances $(GPU_INSTANCES) $(if $(GPUS),--gpus $(GPUS))
 
 serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) --profile $(PROFILE) \
 	  $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY) --https-port $(HTTPS_PORT)) $(if $(TLS_CLIENT_CA),--tls-client-ca $(TLS_CLIENT_CA)) \
-	  $(if $(filter torch,$(RUNTIME)),-- --cuda-memory-pool-byte-size=0:$$(($(CUDA_POOL_MIB) * 1048576)))
+	  $(if $(filter torch,$(RUNTIME)),--cuda-pool-mib $(CUDA_POOL_MIB))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

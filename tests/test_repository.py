@@ -32,3 +32,42 @@ def test_detector_dims_follow_the_spec():
 def test_bad_spec_is_refused():
     with pytest.raises(ValueError, match="multiple of the largest stride"):
         specs.YOLOV7.with_overrides(input_size=(250, 320))
+
+
+def _groups(tmp_path, files, name):
+    from yolo_triton.repository import read_model_config
+
+    path = tmp_path / name / "config.pbtxt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(files[f"{name}/config.pbtxt"])
+    return [(g.count, g.kind, list(g.gpus)) for g in read_model_config(path).instance_group]
+
+
+def test_gpu_placement_on_several_gpus(tmp_path):
+    """Every GPU step gets ``gpu_instances`` instances on each listed GPU (Triton's schema parses it); the CPU twin's
+    steps stay on the CPU; without ``gpus`` the group names none, so Triton uses every GPU it sees."""
+    from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
+
+    from yolo_triton.repository import Placement
+
+    model_config_pb2_kind = ModelInstanceGroup.Kind.Value
+
+    spec = specs.YOLOV7
+    files = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True, cpu_twin=True, gpu_instances=3, gpus=(0, 1)))
+    for name in (spec.preprocess_name, spec.name, spec.postprocess_name):
+        assert _groups(tmp_path, files, name) == [(3, model_config_pb2_kind("KIND_GPU"), [0, 1])], name
+    for name in (spec.preprocess_name + "_cpu", spec.postprocess_name + "_cpu"):
+        assert _groups(tmp_path, files, name)[0][1] == model_config_pb2_kind("KIND_CPU")
+    every_gpu = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True))
+    assert _groups(tmp_path / "all", every_gpu, spec.name) == [(2, model_config_pb2_kind("KIND_GPU"), [])]
+    for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}):
+        with pytest.raises(ValueError):
+            Placement(prepost="gpu", gpu=True, **bad)
+
+
+def test_cuda_pool_on_every_visible_gpu():
+    from yolo_triton.server import cuda_pool_flags
+
+    assert cuda_pool_flags(256, gpu_count=2) == ["--cuda-memory-pool-byte-size=0:268435456",
+                                                 "--cuda-memory-pool-byte-size=1:268435456"]
+    assert cuda_pool_flags(256, gpu_count=0) == []

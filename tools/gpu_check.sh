@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|bench|all] [bench args...]
+#   bash tools/gpu_check.sh [tests|bench|all|multigpu] [bench args...]
 # tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
-# its CPU twin on one tritonserver, then tools/bench.py. Logs and results go to $OUT (or build/gpu_check).
+# its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
+# every GPU, and tools/scaling.py. Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -16,6 +17,19 @@ export PYTHONUNBUFFERED=1
   python3 -c "import cv2; print('cv2', cv2.__version__)" 2>&1 | tail -1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } 2>&1 | tee "$OUT/env.txt"
 
+start_server() {  # repository, log file, [GPU ids the server sees; default all]
+  ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
+    exec setsid python3 tools/serve.py --repository "$1" --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
+      --profile open --cuda-pool-mib 4096 > "$2" 2>&1 ) &
+  for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && return 0; sleep 1; done
+  echo "server not ready"; tail -30 "$2"; return 1
+}
+stop_server() {
+  pkill -INT -f "bin/tritonserver --model-repository" 2>/dev/null
+  for i in $(seq 60); do pgrep -f "bin/tritonserver --model-repository" >/dev/null || break; sleep 1; done
+  grep -c "successfully unloaded" "$1" || true
+}
+
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
 fi
@@ -24,14 +38,29 @@ if [[ $what == bench || $what == all ]]; then
   python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
-  setsid python3 tools/serve.py --repository $repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 --profile open \
-    -- --cuda-memory-pool-byte-size=0:4294967296 > "$OUT/server.log" 2>&1 &
-  for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && break; sleep 1; done
-  curl -sf localhost:8000/v2/health/ready || { echo "server not ready"; tail -30 "$OUT/server.log"; exit 1; }
+  start_server $repo "$OUT/server.log" || exit 1
   # the device tool brings back few files: raw perf_analyzer CSVs stay in /tmp, the summary goes to $OUT
   python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/bench "$@" > /tmp/bench/../bench.log 2>&1
   cp /tmp/bench/bench.json /tmp/bench/bench.csv /tmp/bench/bench.png /tmp/bench/stats.json "$OUT/" 2>/dev/null
   grep -v "it/s\]" /tmp/bench.log | tail -40 | tee "$OUT/bench.log"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-  kill -INT %1 2>/dev/null; sleep 5; grep -c "successfully unloaded" "$OUT/server.log" || true
+  stop_server "$OUT/server.log"
+fi
+if [[ $what == multigpu ]]; then
+  repo=/tmp/mg_repository
+  python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+    > /tmp/build_mg.log 2>&1 || { tail -20 /tmp/build_mg.log; exit 1; }
+  count=$(nvidia-smi -L | wc -l); all=$(seq -s, 0 $((count - 1)))
+  benches=()
+  for visible in 0 "$all"; do
+    n=$(tr , '\n' <<< "$visible" | wc -l)
+    start_server $repo /tmp/server_mg_$n.log "$visible" || exit 1
+    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/mg_$n --skip a c d --sizes 640x480 "$@" \
+      > /tmp/mg_$n.log 2>&1
+    grep -v "it/s\]" /tmp/mg_$n.log | tail -8 | tee -a "$OUT/multigpu.log"
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader | tee -a "$OUT/multigpu.log"
+    stop_server /tmp/server_mg_$n.log
+    benches+=("$n=/tmp/mg_$n/bench.json")
+  done
+  python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/multigpu.log"
 fi

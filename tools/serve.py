@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from yolo_triton import security  # noqa: E402
 from yolo_triton.repository import RUNTIMES  # noqa: E402
-from yolo_triton.server import PLUGIN_MODES, PluginNotFound, declared_plugins, find_triton, plugin_launch, server_command  # noqa: E402
+from yolo_triton.server import (PLUGIN_MODES, PluginNotFound, cuda_pool_flags, declared_plugins, find_triton,  # noqa: E402
+                                plugin_launch, server_command)
 
 
 def serve_in_docker(args, plugins, secure_flags, shown_flags) -> None:
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: mutual TLS on gRPC and HTTPS")
     parser.add_argument("--https-port", type=int, default=8443)
+    parser.add_argument("--cuda-pool-mib", type=int, default=0,
+                        help="Triton's CUDA memory pool on every visible GPU (GPU tensors between ensemble steps)")
     parser.add_argument("extra", nargs="*", help="more tritonserver flags, after --")
     args = parser.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -83,10 +86,11 @@ def main() -> None:
             raise SystemExit("serve: --tls-cert with the docker server is not supported: terminate TLS in front of it")
         serve_in_docker(args, plugins, secure_flags, shown_flags)
     install = find_triton()
+    pool_flags = cuda_pool_flags(args.cuda_pool_mib) if args.cuda_pool_mib else []
     command = server_command(install, args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                             [*plugin_flags, *secure_flags, *args.extra])
+                             [*plugin_flags, *pool_flags, *secure_flags, *args.extra])
     shown = server_command(install, args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                           [*plugin_flags, *shown_flags, *args.extra])
+                           [*plugin_flags, *pool_flags, *shown_flags, *args.extra])
     env = {**install.env(), **plugin_env}
     print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(shown), flush=True)
     if args.tls_cert:

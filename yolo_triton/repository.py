@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 from . import specs as S
 from .postprocess import DetectionParams
@@ -34,18 +34,29 @@ CPU_TWIN_SUFFIX = "_cpu"  # <name>_e2e_cpu: the same detector with CPU pre/post,
 class Placement:
     """Where the steps run: ``prepost`` "cpu" or "gpu" (torch + nvJPEG, tensors stay on the GPU between steps);
     ``gpu``: Python-backend detectors (onnxruntime, torch) on KIND_GPU; ``cpu_twin``: also an ensemble
-    ``<name>_e2e_cpu`` with CPU pre/post around the same detector."""
+    ``<name>_e2e_cpu`` with CPU pre/post around the same detector. ``gpu_instances``: instances of each GPU step
+    per GPU; ``gpus``: the GPUs they go on (empty: every GPU the server sees — Triton's default for KIND_GPU)."""
 
     prepost: str = "cpu"
     gpu: bool = False
     cpu_twin: bool = False
     half: bool = True  # RUNTIME=torch on a GPU: FP16 weights and activations (False: FP32)
+    gpu_instances: int = 2
+    gpus: Tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.prepost not in PREPOST:
             raise ValueError(f"prepost {self.prepost!r}; known: {', '.join(PREPOST)}")
         if self.prepost == "gpu" and not self.gpu:
             raise ValueError("GPU pre/post needs gpu=True")
+        if self.gpu_instances < 1 or any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpu_instances {self.gpu_instances} must be ≥ 1, gpus {self.gpus} distinct ids ≥ 0")
+
+    def group(self, on_gpu: bool, cpu_count: int = 1) -> str:
+        """The instance_group of one step: ``gpu_instances`` per GPU (on ``gpus``) or ``cpu_count`` CPU ones."""
+        if not on_gpu:
+            return _instances(cpu_count)
+        return _instances(self.gpu_instances, "KIND_GPU", self.gpus)
 
 
 GPU_INPUTS = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}  # Python backend: take inputs where they are (GPU), via DLPack
@@ -73,17 +84,16 @@ def _parameters(values: dict) -> str:
 # On a GPU a step takes milliseconds, not the CPU's hundreds: the batcher waits less for company, and a second
 # instance per step lets one instance's host-side work (Python, DLPack hand-over) overlap the other's GPU work.
 GPU_QUEUE_DELAY_US = 100
-GPU_INSTANCES = 2
-
-
 def _batching(spec: S.ModelSpec, preferred: bool, gpu: bool = False) -> str:
     sizes = f"preferred_batch_size: {_dims(spec.preferred_batch_sizes)} " if preferred else ""
     delay = GPU_QUEUE_DELAY_US if gpu else spec.max_queue_delay_us
     return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {delay} }}\n"
 
 
-def _instances(count: int, kind: str = "KIND_CPU") -> str:
-    return f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
+def _instances(count: int, kind: str = "KIND_CPU", gpus: Sequence[int] = ()) -> str:
+    # with gpus, Triton makes `count` instances on each listed GPU; without, on each GPU it sees
+    placed = f" gpus: {_dims(gpus)}" if gpus else ""
+    return f"instance_group [ {{ count: {count} kind: {kind}{placed} }} ]\n"
 
 
 def _python_model(name: str, spec: S.ModelSpec) -> str:
@@ -108,7 +118,10 @@ def _plugin_parameter(spec: S.ModelSpec) -> dict:
     return {PLUGINS_PARAMETER: PLUGIN_SEPARATOR.join(spec.plugins)} if spec.plugins else {}
 
 
-def preprocess_config(spec: S.ModelSpec, instances: int = 2, name: Optional[str] = None, gpu: bool = False) -> str:
+def preprocess_config(spec: S.ModelSpec, instances: int = 2, name: Optional[str] = None,
+                      placement: Optional[Placement] = None) -> str:
+    """CPU preprocess (``instances`` of it), or on the GPU(s) when ``placement`` says pre/post run there."""
+    gpu = placement is not None and placement.prepost == "gpu"
     limits = DecodeLimits()
     return (
         _python_model(name or spec.preprocess_name, spec)
@@ -118,34 +131,36 @@ def preprocess_config(spec: S.ModelSpec, instances: int = 2, name: Optional[str]
             [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec)), _tensor(S.LETTERBOX_META, "TYPE_FP32", [META_SIZE])],
         )
         + _batching(spec, preferred=False, gpu=gpu)
-        + _instances(GPU_INSTANCES if gpu else instances, "KIND_GPU" if gpu else "KIND_CPU")
+        + (placement.group(gpu, instances) if placement else _instances(instances))
         + _parameters({"pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes, "max_image_pixels": limits.max_pixels})
     )
 
 
-def detector_config(spec: S.ModelSpec, runtime: str = "onnxruntime", instances: int = 1, gpu: bool = False,
-                    half: bool = True) -> str:
-    """The detector's config: same tensors for every runtime, so the ensemble and its other steps never change."""
+def detector_config(spec: S.ModelSpec, runtime: str = "onnxruntime", instances: int = 1,
+                    placement: Placement = Placement()) -> str:
+    """The detector's config: same tensors for every runtime, so the ensemble and its other steps never change.
+    On the CPU ``instances`` instances; on GPUs (``placement.gpu``, and always for TensorRT) the placement's."""
+    gpu = placement.gpu
     tensors = (_tensors("input", [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec))])
                + _tensors("output", _detector_outputs(spec)) + _batching(spec, preferred=True, gpu=gpu or runtime == "tensorrt"))
-    kind = "KIND_GPU" if gpu else "KIND_CPU"
-    if gpu:
-        instances = max(instances, GPU_INSTANCES)
+    group = placement.group(gpu, instances)
     if runtime == "onnxruntime":
-        return (_python_model(spec.name, spec) + tensors + _instances(instances, kind)
+        return (_python_model(spec.name, spec) + tensors + group
                 + _parameters({"onnx_file": ONNX_FILE, "intra_op_threads": 0, **_plugin_parameter(spec)}))
     if runtime == "torch":
-        return (_python_model(spec.name, spec) + tensors + _instances(instances, kind)
-                + _parameters({"torch_file": TORCH_FILE, "half": str(half).lower(), "cuda_graphs": "true", **GPU_INPUTS}))
+        return (_python_model(spec.name, spec) + tensors + group
+                + _parameters({"torch_file": TORCH_FILE, "half": str(placement.half).lower(), "cuda_graphs": "true", **GPU_INPUTS}))
     if runtime == "tensorrt":
         # max_batch_size is the engine profile's max (build/build_engines.py builds the plan with it)
         return (f'{HEADER}name: "{spec.name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {spec.max_batch_size}\n'
-                f'default_model_filename: "{PLAN_FILE}"\n' + tensors + _instances(instances, "KIND_GPU")
+                f'default_model_filename: "{PLAN_FILE}"\n' + tensors + placement.group(True)
                 + (_parameters(_plugin_parameter(spec)) if spec.plugins else ""))
     raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
 
 
-def postprocess_config(spec: S.ModelSpec, instances: int = 1, name: Optional[str] = None, gpu: bool = False) -> str:
+def postprocess_config(spec: S.ModelSpec, instances: int = 1, name: Optional[str] = None,
+                       placement: Optional[Placement] = None) -> str:
+    gpu = placement is not None and placement.prepost == "gpu"
     defaults = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
     return (
         _python_model(name or spec.postprocess_name, spec)
@@ -155,7 +170,7 @@ def postprocess_config(spec: S.ModelSpec, instances: int = 1, name: Optional[str
         )
         + _tensors("output", ensemble_outputs())
         + _batching(spec, preferred=False, gpu=gpu)
-        + _instances(GPU_INSTANCES if gpu else instances, "KIND_GPU" if gpu else "KIND_CPU")
+        + (placement.group(gpu, instances) if placement else _instances(instances))
         + _parameters(
             {
                 "layout": spec.layout,
@@ -218,10 +233,10 @@ def repository_files(spec: S.ModelSpec, runtime: str = "onnxruntime", placement:
     """Relative path → text for every generated file of one spec."""
     gpu_prepost = placement.prepost == "gpu"
     files = {
-        f"{spec.preprocess_name}/config.pbtxt": preprocess_config(spec, gpu=gpu_prepost),
+        f"{spec.preprocess_name}/config.pbtxt": preprocess_config(spec, placement=placement),
         f"{spec.preprocess_name}/1/model.py": model_shim("gpu_preprocess" if gpu_prepost else "preprocess", spec.preprocess_name),
-        f"{spec.name}/config.pbtxt": detector_config(spec, runtime, gpu=placement.gpu, half=placement.half),
-        f"{spec.postprocess_name}/config.pbtxt": postprocess_config(spec, gpu=gpu_prepost),
+        f"{spec.name}/config.pbtxt": detector_config(spec, runtime, placement=placement),
+        f"{spec.postprocess_name}/config.pbtxt": postprocess_config(spec, placement=placement),
         f"{spec.postprocess_name}/1/model.py": model_shim("gpu_postprocess" if gpu_prepost else "postprocess", spec.postprocess_name),
         f"{spec.postprocess_name}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
         f"{spec.ensemble_name}/config.pbtxt": ensemble_config(spec),

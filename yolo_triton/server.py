@@ -128,6 +128,19 @@ def server_command(
     ]
 
 
+def cuda_pool_flags(mib: int, gpu_count: Optional[int] = None) -> List[str]:
+    """Triton's CUDA memory pool (what GPU tensors between ensemble steps are handed through) on every visible
+    GPU: the flag is per GPU, and a GPU without a pool makes the Python backend copy its tensors via the host."""
+    if gpu_count is None:
+        try:
+            import torch
+
+            gpu_count = torch.cuda.device_count()
+        except ImportError:
+            gpu_count = 0
+    return [f"--cuda-memory-pool-byte-size={gpu}:{mib * 1024 * 1024}" for gpu in range(gpu_count)]
+
+
 def free_ports(count: int) -> List[int]:
     """Ports the OS reports free now (bound together so they differ)."""
     sockets = [socket.socket() for _ in range(count)]

@@ -11,14 +11,14 @@ from yolo_triton.gpu import postprocess_batch
 from yolo_triton.postprocess import DetectionParams
 
 from . import postprocess as cpu
-from .common import error_response, parse_model_config
+from .common import error_response
 from .torch_common import input_tensor, pick_device
 
 
 class TritonPythonModel(cpu.TritonPythonModel):
     def initialize(self, args):
         super().initialize(args)
-        self.device = pick_device(parse_model_config(args))
+        self.device = pick_device(args)
 
     def execute(self, requests):
         if self.layout != specs.LAYOUT_RAW_GRID:

@@ -12,7 +12,7 @@ from yolo_triton.gpu import preprocess_batch
 from yolo_triton.preprocess import ImageDecodeError
 
 from . import preprocess as cpu
-from .common import error_response, parse_model_config
+from .common import error_response
 from .torch_common import output_tensor, pick_device
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -21,7 +21,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 class TritonPythonModel(cpu.TritonPythonModel):
     def initialize(self, args):
         super().initialize(args)
-        self.device = pick_device(parse_model_config(args))
+        self.device = pick_device(args)
         self.torch_dtype = TORCH_DTYPES[np.dtype(self.image_dtype).name]
 
     def execute(self, requests):

@@ -15,8 +15,12 @@ def output_tensor(name: str, tensor: torch.Tensor) -> "pb_utils.Tensor":
     return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
 
 
-def pick_device(config: dict) -> torch.device:
-    """The GPU of this model instance (KIND_GPU), else the CPU."""
-    if torch.cuda.is_available() and any(g.get("kind") == "KIND_GPU" for g in config.get("instance_group", [])):
-        return torch.device("cuda", torch.cuda.current_device())
+def pick_device(args: dict) -> torch.device:
+    """The GPU Triton placed this model instance on (KIND_GPU, one instance per listed GPU), else the CPU.
+
+    Made the current device too: CUDA graphs, nvJPEG and the default stream then all work on this GPU, not GPU 0."""
+    if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        device = torch.device("cuda", int(args["model_instance_device_id"]))
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")

@@ -24,7 +24,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         params = config_parameters(config)
-        self.device = pick_device(config)
+        self.device = pick_device(args)
         path = os.path.join(args["model_repository"], args["model_version"], params.get("torch_file", "model.pt"))
         model, spec = load_torch_artifact(path)
         if model.artifact_meta.get("random_weights") == "true":
