@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|bench|all|multigpu] [bench args...]
+#   bash tools/gpu_check.sh [tests|bench|all|multigpu|instances] [bench args...]
 # tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
 # its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
-# every GPU, and tools/scaling.py. Logs and results go to $OUT (or build/gpu_check).
+# every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
+# contexts time-share the GPU). Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -60,7 +61,23 @@ if [[ $what == multigpu ]]; then
     grep -v "it/s\]" /tmp/mg_$n.log | tail -8 | tee -a "$OUT/multigpu.log"
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader | tee -a "$OUT/multigpu.log"
     stop_server /tmp/server_mg_$n.log
-    benches+=("$n=/tmp/mg_$n/bench.json")
+    benches+=("$n GPU=/tmp/mg_$n/bench.json")
   done
   python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/multigpu.log"
+fi
+if [[ $what == instances ]]; then
+  benches=()
+  for n in ${INSTANCE_COUNTS:-1 2 3}; do
+    repo=/tmp/inst_repository_$n
+    python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+      --gpu-instances $n > /tmp/build_inst.log 2>&1 || { tail -20 /tmp/build_inst.log; exit 1; }
+    start_server $repo /tmp/server_inst_$n.log || exit 1
+    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/inst_$n --skip c d --sizes 640x480 "$@" > /tmp/inst_$n.log 2>&1
+    echo "== $n instance(s) per GPU step" | tee -a "$OUT/instances.log"
+    grep -v "it/s\]" /tmp/inst_$n.log | tail -7 | tee -a "$OUT/instances.log"
+    stop_server /tmp/server_inst_$n.log
+    cp /tmp/inst_$n/stats.json "$OUT/stats_inst_$n.json"
+    benches+=("$n instance(s)=/tmp/inst_$n/bench.json")
+  done
+  python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/instances.log"
 fi
