@@ -54,3 +54,23 @@ def infer_images(module, client, model, images, parameters=None, timeout=None):
     outputs = [module.InferRequestedOutput(name) for name in specs.ENSEMBLE_OUTPUTS]
     result = client.infer(model, [tensor], outputs=outputs, parameters=parameters)
     return {name: result.as_numpy(name) for name in specs.ENSEMBLE_OUTPUTS}
+
+
+def python_stubs(server_pid: int) -> dict:
+    """The Python backend stub processes of one tritonserver (its children only, never another server's):
+    model instance name (e.g. ``yolov7_small_preprocess_0_0``, an argument of the stub's command line) → (pid,
+    the stub's shared-memory region name)."""
+    stubs = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == server_pid and args and args[0].endswith("triton_python_backend_stub") and len(args) > 4:
+            region = next((a for a in args if a.startswith("triton_python_backend_shm_region")), None)
+            instance = [a for a in args if a][-2]  # ... <instance name> DEFAULT
+            stubs[instance] = (int(proc.name), region)
+    return stubs

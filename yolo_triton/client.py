@@ -25,14 +25,18 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import heapq
 import io
 import itertools
 import json
 import os
 import queue
+import random
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image as PILImage
@@ -85,6 +89,87 @@ class ServerError(ClientError):
         super().__init__(f"server error ({status}): {message}" if status else f"server error: {message}")
 
 
+class BackendUnhealthy(ServerError):
+    """A model instance's backend process is gone (a Python backend stub killed or crashed): Triton answers
+    ``INTERNAL ... Stub process '<model>_0_0' is not healthy.`` for the requests it routes to that instance.
+    Triton 2.51 does not restart the stub and keeps the model READY: other instances (or servers) still answer,
+    so the client retries it like a transient failure."""
+
+
+class DeadlineExceeded(ClientTimeout):
+    """The retry policy's deadline passed before a request succeeded; ``attempts``, ``elapsed`` (seconds) and
+    ``last_error`` (the last transient failure) say what happened."""
+
+    def __init__(self, message: str, attempts: int, elapsed: float, last_error: ClientError):
+        super().__init__(message)
+        self.attempts, self.elapsed, self.last_error = attempts, elapsed, last_error
+
+
+TRANSIENT = (ServerUnreachable, ModelNotReady, BackendUnhealthy)  # retried; everything else fails at once
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying (later, or on another server): no server there (refused, UNAVAILABLE, restarting), model not
+    (yet) loaded, a dead backend instance. Never a bad input (INVALID_ARG), a client timeout or a local error."""
+    return isinstance(error, TRANSIENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How a request that failed transiently (``is_transient``) is retried: at most ``attempts`` tries in all (None:
+    as many as the deadline allows), waiting ``initial_backoff`` seconds after the first failure, ``multiplier``
+    times more after each next one, at most ``max_backoff``, each wait shortened by a random share up to
+    ``jitter`` (0–1, so clients do not retry in step); no try starts later than ``deadline`` seconds after the
+    first (None: no deadline). A retry goes to another healthy server at once when there is one. Giving up raises
+    the last error (its message says how many attempts over how long) or, when the deadline is what stopped it,
+    ``DeadlineExceeded``. ``RetryPolicy.disabled()``: one try, as a client without retries."""
+
+    attempts: Optional[int] = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    deadline: Optional[float] = 30.0
+
+    def __post_init__(self):
+        if self.attempts is None and self.deadline is None:
+            raise ValueError("a retry policy needs attempts or a deadline (or both)")
+        if self.attempts is not None and self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if min(self.initial_backoff, self.max_backoff) < 0 or self.multiplier < 1 or not 0 <= self.jitter <= 1:
+            raise ValueError("backoffs must be >= 0, multiplier >= 1 and jitter in [0, 1]")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"deadline must be positive, got {self.deadline}")
+
+    @classmethod
+    def disabled(cls) -> "RetryPolicy":
+        return cls(attempts=1, deadline=None)
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failed try (exponential, capped, jittered)."""
+        wait = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, failures - 1))
+        return wait * (1.0 - self.jitter * random.random())
+
+    def decide(self, error: ClientError, failures: int, started: float, wait: float) -> Union[float, ClientError]:
+        """After ``failures`` failed tries since ``started`` (monotonic): the seconds to wait before the next try,
+        or the error to give up with."""
+        if not is_transient(error):
+            return error
+        elapsed = time.monotonic() - started
+        if self.attempts is not None and failures >= self.attempts:
+            if self.attempts > 1:
+                error.args = (f"{error.args[0] if error.args else error} (gave up after {failures} attempts over "
+                              f"{elapsed:.1f} s)",) + error.args[1:]
+            return error
+        if self.deadline is not None and elapsed + wait >= self.deadline:
+            return DeadlineExceeded(f"no success within the {self.deadline:g} s retry deadline: {failures} attempts over "
+                                    f"{elapsed:.1f} s; last error: {error}", failures, elapsed, error)
+        return wait
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
 def _status(error) -> str:
     status = str(error.status() or "")
     return status.replace("StatusCode.", "")
@@ -104,6 +189,8 @@ def _convert(error: BaseException, url: str, model: str) -> ClientError:
             return ClientTimeout(f"no answer from {url} within the client timeout: {message}")
         if status in ("NOT_FOUND", "404") or "unknown model" in message:
             return ModelNotReady(f"model {model!r} on {url}: {message}")
+        if "Stub process" in message and "is not healthy" in message:
+            return BackendUnhealthy(message, status or None)
         return ServerError(message, status or None)
     if isinstance(error, TimeoutError) or type(error).__name__ == "Timeout":  # socket.timeout, gevent.Timeout
         return ClientTimeout(f"no answer from {url} within the client timeout ({error!r})")
@@ -191,35 +278,70 @@ def image_size(data: Union[bytes, str, os.PathLike]) -> Optional[Tuple[int, int]
 # ---------------------------------------------------------------------------------------------------- API
 
 
+def split_urls(urls: Union[None, str, Sequence[str]]) -> List[str]:
+    """Server URLs from a list or a comma-separated string, blanks dropped."""
+    if urls is None:
+        return []
+    parts = urls.split(",") if isinstance(urls, str) else [p for u in urls for p in str(u).split(",")]
+    return [p.strip() for p in parts if p.strip()]
+
+
+
+class _Endpoint:
+    """One server of a Detector: its tritonclient client, health and counts."""
+
+    def __init__(self, url: str, client):
+        self.url, self.client = url, client
+        self.healthy, self.retry_at = True, 0.0  # unhealthy: skipped until retry_at, then health-checked
+        self.sent = self.failed = 0  # inference requests sent to it / failed transiently on it
+
+
 class Detector:
-    """A connection to one ensemble on one Triton server.
+    """A connection to one ensemble on one Triton server, or on several, load-balanced.
 
     ``url`` without a scheme (``host:port``; ``http://``/``https://``/``grpc://`` prefixes are accepted, https
-    meaning ``ssl=True``), default ``localhost:8001`` for gRPC and ``localhost:8000`` for HTTP. ``ssl`` with
-    ``root_certificates`` (CA PEM), ``private_key`` and ``certificate_chain`` (client key and certificate PEM,
-    for mutual TLS). ``timeout`` in seconds per request (HTTP: also the connection timeout; fixed when the
-    client is made). ``concurrency``: default requests in flight for
-    ``stream``/``detect_many`` (and the HTTP connection pool size).
+    meaning ``ssl=True``), default ``localhost:8001`` for gRPC and ``localhost:8000`` for HTTP. Several servers:
+    a list of URLs or one comma-separated string; requests go round robin over the healthy ones (one tritonclient
+    client each). A server that fails transiently (unreachable, model not ready) is marked unhealthy and skipped;
+    after ``cooldown`` seconds it is health-checked (server and model ready) and used again if it passes; the
+    failed request is retried on another server at once. ``requests_sent`` / ``servers()`` show the spread.
+
+    ``retry``: a ``RetryPolicy`` for transient failures (default ``DEFAULT_RETRY``: 4 tries, backoff 0.1 s doubling
+    up to 2 s, deadline 30 s; ``None`` or ``RetryPolicy.disabled()``: no retries). Input errors (``INVALID_ARG``,
+    a bad image) are never retried. ``ssl`` with ``root_certificates`` (CA PEM), ``private_key`` and
+    ``certificate_chain`` (client key and certificate PEM, for mutual TLS). ``timeout`` in seconds per request
+    (HTTP: also the connection timeout; fixed when the client is made). ``concurrency``: default requests in
+    flight for ``stream``/``detect_many`` (and the HTTP connection pool size).
 
     The constructor checks that the server is live and the model ready and takes encoded images, so a wrong URL
-    or model fails here with ``ServerUnreachable`` / ``ModelNotReady`` / ``WrongModel`` (``check=False`` skips).
+    or model fails here with ``ServerUnreachable`` / ``ModelNotReady`` / ``WrongModel`` (``check=False`` skips);
+    with several URLs one server passing is enough (the others start unhealthy), ``WrongModel`` anywhere fails.
     """
 
-    def __init__(self, url: Optional[str] = None, model: str = DEFAULT_MODEL, protocol: str = "grpc", *,
+    def __init__(self, url: Union[None, str, Sequence[str]] = None, model: str = DEFAULT_MODEL, protocol: str = "grpc", *,
                  ssl: bool = False, root_certificates: Optional[str] = None, private_key: Optional[str] = None,
                  certificate_chain: Optional[str] = None, timeout: Optional[float] = None, concurrency: int = 4,
-                 verbose: bool = False, check: bool = True):
+                 verbose: bool = False, check: bool = True, retry: Optional[RetryPolicy] = DEFAULT_RETRY,
+                 cooldown: float = 2.0):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        url = url or DEFAULT_URLS[protocol]
-        for scheme in ("grpc://", "http://", "https://"):
-            if url.startswith(scheme):
-                ssl, url = ssl or scheme == "https://", url[len(scheme):]
-        self.url, self.model, self.protocol, self.timeout, self.concurrency = url, model, protocol, timeout, concurrency
+        if cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0, got {cooldown}")
+        urls = split_urls(url) or [DEFAULT_URLS[protocol]]
+        for i, one in enumerate(urls):
+            for scheme in ("grpc://", "http://", "https://"):
+                if one.startswith(scheme):
+                    ssl, urls[i] = ssl or scheme == "https://", one[len(scheme):]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"the same server twice in {', '.join(urls)}")
+        self.urls, self.model, self.protocol, self.timeout, self.concurrency = urls, model, protocol, timeout, concurrency
+        self.url = urls[0]
+        self.retry, self.cooldown = retry or RetryPolicy.disabled(), cooldown
         self.ssl, self._client_certificate = ssl, bool(certificate_chain)
         self._max_batch_size: Optional[int] = None
+        self._lock, self._next = threading.Lock(), 0
         for name, path in (("root certificate", root_certificates), ("private key", private_key),
                            ("certificate chain", certificate_chain)):
             if path is not None and not Path(path).is_file():
@@ -227,16 +349,36 @@ class Detector:
         if protocol == "grpc":
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(url, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
-                                                        private_key=private_key, certificate_chain=certificate_chain)
+            keepalive = module.KeepAliveOptions()
+            # tritonclient's own channel options, plus a short reconnect backoff: after a server restart the channel
+            # reconnects within a second, not after gRPC's default (up to 120 s once it has failed for a while)
+            channel_args = [
+                ("grpc.max_send_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ]
+
+            def make(one):
+                return module.InferenceServerClient(one, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
+                                                    private_key=private_key, certificate_chain=certificate_chain,
+                                                    channel_args=channel_args)
         else:
             import tritonclient.http as module
 
             options = {k: v for k, v in (("ca_certs", root_certificates), ("keyfile", private_key),
                                          ("certfile", certificate_chain)) if v}
-            self._client = module.InferenceServerClient(
-                url, verbose=verbose, concurrency=concurrency, ssl=ssl, ssl_options=options or None,
-                connection_timeout=timeout or 60.0, network_timeout=timeout or 300.0)
+
+            def make(one):
+                return module.InferenceServerClient(
+                    one, verbose=verbose, concurrency=concurrency, ssl=ssl, ssl_options=options or None,
+                    connection_timeout=timeout or 60.0, network_timeout=timeout or 300.0)
+        self._endpoints: List[_Endpoint] = []
         self._module = module
         # what a failed call may raise: tritonclient's exception, socket errors, and gevent's Timeout (HTTP), which
         # is a BaseException
@@ -246,28 +388,111 @@ class Detector:
 
             self._caught = (Exception, Timeout)
         self._outputs = [module.InferRequestedOutput(name) for name in specs.ENSEMBLE_OUTPUTS]
-        if check:
-            try:
+        try:
+            self._endpoints = [_Endpoint(one, make(one)) for one in urls]
+            if check:
                 self.check()
-            except BaseException:
-                self.close()
-                raise
+        except BaseException:
+            self.close()
+            raise
+
+    # -- servers
+
+    @property
+    def requests_sent(self) -> Dict[str, int]:
+        """Inference requests sent per server URL (retries included)."""
+        return {e.url: e.sent for e in self._endpoints}
+
+    def servers(self) -> List[Dict[str, Any]]:
+        """Per server: url, healthy, sent (inference requests), failed (transient failures seen there)."""
+        return [{"url": e.url, "healthy": e.healthy, "sent": e.sent, "failed": e.failed} for e in self._endpoints]
+
+    def _mark_down(self, endpoint: _Endpoint, error: ClientError) -> None:
+        endpoint.failed += 1
+        if isinstance(error, (ServerUnreachable, ModelNotReady)):  # a dead backend instance: the server still answers
+            endpoint.healthy, endpoint.retry_at = False, time.monotonic() + self.cooldown
+
+    def _healthy(self, endpoint: _Endpoint) -> bool:
+        """Server and model ready (a short health check, no retries)."""
+        kwargs = {"client_timeout": min(self.timeout or 2.0, 2.0)} if self.protocol == "grpc" else {}
+        try:
+            return bool(endpoint.client.is_server_ready(**kwargs) and endpoint.client.is_model_ready(self.model, **kwargs))
+        except self._caught:
+            return False
+
+    def _pick(self, avoid: Optional[_Endpoint] = None) -> _Endpoint:
+        """The next healthy server round robin (not ``avoid`` if another is healthy); unhealthy ones whose cool-down
+        is over are health-checked first. None healthy: the one that was due back first (the request probes it)."""
+        now = time.monotonic()
+        for endpoint in self._endpoints:
+            if not endpoint.healthy and now >= endpoint.retry_at:
+                if self._healthy(endpoint):
+                    endpoint.healthy = True
+                else:
+                    endpoint.retry_at = time.monotonic() + self.cooldown
+        healthy = [e for e in self._endpoints if e.healthy]
+        pool = [e for e in healthy if e is not avoid] or healthy
+        if not pool:
+            others = [e for e in self._endpoints if e is not avoid] or self._endpoints
+            return min(others, key=lambda e: e.retry_at)
+        with self._lock:
+            count = len(self._endpoints)
+            for step in range(count):
+                endpoint = self._endpoints[(self._next + step) % count]
+                if endpoint in pool:
+                    self._next = (self._next + step + 1) % count
+                    return endpoint
+        return pool[0]
+
+    def _decide(self, endpoint: _Endpoint, error: ClientError, failures: int, started: float) -> Union[float, ClientError]:
+        """After a failed try on ``endpoint``: seconds to wait before the next try, or the error to give up with.
+        No wait when another healthy server can take the retry."""
+        if not is_transient(error):
+            return error
+        self._mark_down(endpoint, error)
+        elsewhere = any(e.healthy and e is not endpoint for e in self._endpoints)
+        return self.retry.decide(error, failures, started, 0.0 if elsewhere else self.retry.backoff(failures))
+
+    def _retrying(self, operation: Callable[[_Endpoint], Any]) -> Any:
+        """``operation(endpoint)`` under the retry policy, failing over between servers."""
+        started, failures, avoid = time.monotonic(), 0, None
+        while True:
+            endpoint = self._pick(avoid)
+            try:
+                result = operation(endpoint)
+            except ClientError as error:
+                failures += 1
+                decision = self._decide(endpoint, error, failures, started)
+                if isinstance(decision, ClientError):
+                    if decision is error:
+                        raise
+                    raise decision from error
+                time.sleep(decision)
+                avoid = endpoint
+                continue
+            endpoint.healthy = True
+            return result
 
     # -- connection
 
-    def _call(self, method: str, *args, **kwargs):
-        """A tritonclient call with our exceptions; gRPC calls get the client timeout (default 30 s here)."""
+    def _call(self, method: str, *args, endpoint: Optional[_Endpoint] = None, **kwargs):
+        """A tritonclient call with our exceptions, on ``endpoint`` (else any server, under the retry policy); gRPC
+        calls get the client timeout (default 30 s here)."""
         if self.protocol == "grpc":
             kwargs.setdefault("client_timeout", self.timeout or 30.0)
+        if endpoint is None:
+            return self._retrying(lambda one: self._call(method, *args, endpoint=one, **kwargs))
         try:
-            return getattr(self._client, method)(*args, **kwargs)
+            return getattr(endpoint.client, method)(*args, **kwargs)
         except self._caught as error:  # converted, never swallowed
-            raise self._error(error) from error
+            raise self._error(error, endpoint.url) from error
 
-    def _error(self, error: BaseException) -> ClientError:
-        converted = _convert(error, self.url, self.model)
+    def _error(self, error: BaseException, url: Optional[str] = None) -> ClientError:
+        converted = _convert(error, url or self.url, self.model)
         # something listens there but the connection failed: most often a TLS mismatch, say which way
-        if isinstance(converted, ServerUnreachable) and self.protocol == "grpc" and "refused" not in str(converted).lower():
+        text = str(converted).lower()
+        answered = "server is stopping" in text or "request id" in text  # Triton itself said it, not a handshake
+        if isinstance(converted, ServerUnreachable) and self.protocol == "grpc" and "refused" not in text and not answered:
             if not self.ssl:
                 hint = "if the server uses TLS, connect with ssl=True / -s and its CA certificate / -r"
             elif "CERTIFICATE_VERIFY_FAILED" in str(converted):
@@ -280,32 +505,50 @@ class Detector:
         return converted
 
     def check(self) -> None:
-        """Raise ``ServerUnreachable``, ``ModelNotReady`` or ``WrongModel`` unless the model can take our requests."""
+        """Raise ``ServerUnreachable``, ``ModelNotReady`` or ``WrongModel`` unless the model can take our requests
+        (on at least one server; the servers that fail start unhealthy)."""
+        failures: List[ClientError] = []
+        for endpoint in self._endpoints:
+            try:
+                self._check_endpoint(endpoint)
+                endpoint.healthy = True
+            except WrongModel:
+                raise
+            except ClientError as error:
+                if len(self._endpoints) == 1:
+                    raise
+                failures.append(error)
+                endpoint.healthy, endpoint.retry_at = False, time.monotonic() + self.cooldown
+        if len(failures) == len(self._endpoints):
+            raise type(failures[0])("; ".join(str(f) for f in failures)) from failures[0]
+
+    def _check_endpoint(self, endpoint: _Endpoint) -> None:
+        url = endpoint.url
         try:
-            live = self._call("is_server_live")
+            live = self._call("is_server_live", endpoint=endpoint)
         except ClientError as error:
             if isinstance(error, (ServerError, ModelNotReady)):  # something answered, but not a Triton health check
-                raise ServerUnreachable(f"cannot reach Triton at {self.url} over {self.protocol}: {error}") from error
+                raise ServerUnreachable(f"cannot reach Triton at {url} over {self.protocol}: {error}") from error
             raise
         if not live:
-            raise ServerUnreachable(f"Triton at {self.url} answers but is not live")
-        if not self._call("is_model_ready", self.model):
-            ready = sorted(m["name"] for m in self.repository_index() if m.get("state") == "READY")
-            raise ModelNotReady(f"model {self.model!r} is not ready on {self.url} (ready: {', '.join(ready) or 'none'})")
-        inputs = self.model_metadata().get("inputs", [])
+            raise ServerUnreachable(f"Triton at {url} answers but is not live")
+        if not self._call("is_model_ready", self.model, endpoint=endpoint):
+            ready = sorted(m["name"] for m in self.repository_index(endpoint) if m.get("state") == "READY")
+            raise ModelNotReady(f"model {self.model!r} is not ready on {url} (ready: {', '.join(ready) or 'none'})")
+        inputs = self._query("get_model_metadata", self.model, endpoint=endpoint).get("inputs", [])
         if not any(i.get("name") == specs.ENSEMBLE_INPUT and i.get("datatype") == "BYTES" for i in inputs):
             found = ", ".join(f"{i.get('name')} {i.get('datatype')}" for i in inputs)
-            ensembles = [m["name"] for m in self.repository_index() if m["name"].endswith("_e2e")]
+            ensembles = [m["name"] for m in self.repository_index(endpoint) if m["name"].endswith("_e2e")]
             hint = f"{self.model}_e2e" if f"{self.model}_e2e" in ensembles else ", ".join(sorted(ensembles)) or DEFAULT_MODEL
             raise WrongModel(f"model {self.model!r} does not take encoded images (input {specs.ENSEMBLE_INPUT} BYTES); "
                              f"its inputs: {found or 'none'} — use an ensemble: {hint}")
 
-    def _query(self, method: str, *args):
+    def _query(self, method: str, *args, endpoint: Optional[_Endpoint] = None):
         """A server query as plain JSON-like dicts over either protocol."""
-        return self._call(method, *args, **({"as_json": True} if self.protocol == "grpc" else {}))
+        return self._call(method, *args, endpoint=endpoint, **({"as_json": True} if self.protocol == "grpc" else {}))
 
-    def repository_index(self) -> List[dict]:
-        index = self._query("get_model_repository_index")
+    def repository_index(self, endpoint: Optional[_Endpoint] = None) -> List[dict]:
+        index = self._query("get_model_repository_index", endpoint=endpoint)
         return index.get("models", []) if isinstance(index, dict) else list(index)
 
     def model_metadata(self) -> dict:
@@ -316,7 +559,8 @@ class Detector:
         return config.get("config", config)  # gRPC wraps it in {"config": ...}
 
     def statistics(self) -> dict:
-        """The server's inference statistics of this model (counts and cumulative times per stage)."""
+        """The server's inference statistics of this model (counts and cumulative times per stage; with several
+        servers, those of the one asked)."""
         return self._query("get_inference_statistics", self.model)
 
     @property
@@ -327,9 +571,9 @@ class Detector:
         return self._max_batch_size
 
     def close(self) -> None:
-        client, self._client = getattr(self, "_client", None), None
-        if client is not None:
-            client.close()
+        endpoints, self._endpoints = getattr(self, "_endpoints", []), []
+        for endpoint in endpoints:
+            endpoint.client.close()
 
     def __enter__(self) -> "Detector":
         return self
@@ -352,12 +596,17 @@ class Detector:
 
     def _infer(self, payloads: Sequence[bytes], parameters: Optional[dict]) -> List[List[Detection]]:
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-        try:
-            result = self._client.infer(self.model, self._inputs(payloads), outputs=self._outputs,
-                                        parameters=parameters, **kwargs)
-        except self._caught as error:
-            raise self._error(error) from error
-        return parse_result(result)
+
+        def once(endpoint: _Endpoint):
+            endpoint.sent += 1
+            try:
+                result = endpoint.client.infer(self.model, self._inputs(payloads), outputs=self._outputs,
+                                               parameters=parameters, **kwargs)
+            except self._caught as error:
+                raise self._error(error, endpoint.url) from error
+            return parse_result(result)
+
+        return self._retrying(once)
 
     def detect(self, item: Item, conf: Optional[float] = None, iou: Optional[float] = None,
                max_det: Optional[int] = None) -> List[Detection]:
@@ -393,8 +642,10 @@ class Detector:
         """Yield an ``ItemResult`` per item as its request completes (not in input order; ``index`` says which).
 
         Items are read lazily, so a generator of millions of paths or frames is fine: at most ``concurrency``
-        requests of ``batch_size`` images are in flight. A failed item never stops the others: a batch refused
-        by the server is retried image by image, so only the bad image gets the error."""
+        requests of ``batch_size`` images are in flight or waiting to be retried. A failed item never stops the
+        others: a batch refused by the server is retried image by image, so only the bad image gets the error; a
+        request that failed transiently is resubmitted (to another server if one is healthy) after its backoff
+        while the other requests go on, until the retry policy gives up. Exactly one result per item."""
         concurrency = concurrency or self.concurrency
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
@@ -402,11 +653,17 @@ class Detector:
             raise ValueError(f"batch_size {batch_size} is above model {self.model!r}'s max batch size {self.max_batch_size}")
         parameters = self.parameters(conf, iou, max_det)
         pending = _GrpcPending(self) if self.protocol == "grpc" else _HttpPending(self)
-        source, retry, exhausted = enumerate(items), collections.deque(), False
+        source, exhausted = enumerate(items), False
+        ready: Deque[_Job] = collections.deque()  # to (re)submit now
+        waiting: List[Tuple[float, int, _Job]] = []  # heap: transiently failed, resubmitted at their time
+        order = itertools.count()
         while True:
-            while len(pending) < concurrency and (retry or not exhausted):
-                if retry:
-                    chunk = [retry.popleft()]
+            now = time.monotonic()
+            while waiting and waiting[0][0] <= now:
+                ready.append(heapq.heappop(waiting)[2])
+            while len(pending) < concurrency and (ready or (not exhausted and len(pending) + len(waiting) < concurrency)):
+                if ready:
+                    job = ready.popleft()
                 else:
                     chunk, taken = [], 0
                     for index, item in itertools.islice(source, batch_size):
@@ -418,18 +675,44 @@ class Detector:
                     exhausted = taken < batch_size
                     if not chunk:
                         continue
-                pending.submit(chunk, parameters)
+                    job = _Job(chunk)
+                endpoint = self._pick(job.avoid)
+                endpoint.sent += 1
+                pending.submit(job, endpoint, parameters)
             if not len(pending):
+                if waiting:
+                    time.sleep(max(0.0, waiting[0][0] - time.monotonic()))
+                    continue
                 return
-            chunk, outcome = pending.wait()
-            if isinstance(outcome, ServerError) and len(chunk) > 1:
-                retry.extend(chunk)  # find the bad image(s): the others still get their boxes
-            elif isinstance(outcome, ClientError):
-                for index, item, _ in chunk:
+            done = pending.wait(max(0.0, waiting[0][0] - time.monotonic()) if waiting else None)
+            if done is None:
+                continue  # a retry is due
+            job, endpoint, outcome = done
+            if isinstance(outcome, ClientError):
+                if is_transient(outcome):
+                    job.failures += 1
+                    decision = self._decide(endpoint, outcome, job.failures, job.started)
+                    if not isinstance(decision, ClientError):
+                        job.avoid = endpoint
+                        heapq.heappush(waiting, (time.monotonic() + decision, next(order), job))
+                        continue
+                    outcome = decision
+                elif isinstance(outcome, ServerError) and len(job.chunk) > 1:
+                    ready.extend(_Job([entry]) for entry in job.chunk)  # find the bad image(s): the others get boxes
+                    continue
+                for index, item, _ in job.chunk:
                     yield ItemResult(index, item, error=outcome)
             else:
-                for (index, item, _), detections in zip(chunk, outcome):
+                endpoint.healthy = True
+                for (index, item, _), detections in zip(job.chunk, outcome):
                     yield ItemResult(index, item, detections=detections)
+
+
+class _Job:
+    """A stream request: its images (index, item, payload), and its tries so far."""
+
+    def __init__(self, chunk: list):
+        self.chunk, self.failures, self.started, self.avoid = chunk, 0, time.monotonic(), None
 
 
 class _GrpcPending:
@@ -441,53 +724,68 @@ class _GrpcPending:
     def __len__(self) -> int:
         return self.count
 
-    def submit(self, chunk, parameters) -> None:
+    def submit(self, job: _Job, endpoint: _Endpoint, parameters) -> None:
         d = self.detector
 
-        def callback(result, error, chunk=chunk):
+        def callback(result, error):
             try:
-                self.done.put((chunk, d._error(error) if error is not None else parse_result(result)))
+                self.done.put((job, endpoint, d._error(error, endpoint.url) if error is not None else parse_result(result)))
             except Exception as failure:  # noqa: BLE001 — a bad response must not lose the item
-                self.done.put((chunk, ClientError(f"cannot read the response: {failure}")))
+                self.done.put((job, endpoint, ClientError(f"cannot read the response: {failure}")))
 
         try:
-            d._client.async_infer(d.model, d._inputs([p for _, _, p in chunk]), callback, outputs=d._outputs,
-                                  client_timeout=d.timeout, parameters=parameters)
+            endpoint.client.async_infer(d.model, d._inputs([p for _, _, p in job.chunk]), callback, outputs=d._outputs,
+                                        client_timeout=d.timeout, parameters=parameters)
         except Exception as error:  # noqa: BLE001
-            self.done.put((chunk, d._error(error)))
+            self.done.put((job, endpoint, d._error(error, endpoint.url)))
         self.count += 1
 
-    def wait(self):
+    def wait(self, timeout: Optional[float] = None):
+        """(job, endpoint, detections or ClientError) of a finished request; None if none within ``timeout``."""
+        try:
+            done = self.done.get(timeout=timeout)
+        except queue.Empty:
+            return None
         self.count -= 1
-        return self.done.get()
+        return done
 
 
 class _HttpPending:
-    """In-flight HTTP requests: the client's greenlet pool runs them; we collect the oldest first."""
+    """In-flight HTTP requests: the client's greenlet pool runs them; we collect whichever finishes first."""
 
     def __init__(self, detector: Detector):
-        self.detector, self.requests = detector, collections.deque()
+        self.detector, self.requests = detector, []
 
     def __len__(self) -> int:
         return len(self.requests)
 
-    def submit(self, chunk, parameters) -> None:
+    def submit(self, job: _Job, endpoint: _Endpoint, parameters) -> None:
         d = self.detector
         try:
-            request = d._client.async_infer(d.model, d._inputs([p for _, _, p in chunk]), outputs=d._outputs,
-                                            parameters=parameters)
-        except self.detector._caught as error:
-            request = d._error(error)
-        self.requests.append((chunk, request))
+            request = endpoint.client.async_infer(d.model, d._inputs([p for _, _, p in job.chunk]), outputs=d._outputs,
+                                                  parameters=parameters)
+        except d._caught as error:
+            request = d._error(error, endpoint.url)
+        self.requests.append((job, endpoint, request))
 
-    def wait(self):
-        chunk, request = self.requests.popleft()
-        if isinstance(request, ClientError):
-            return chunk, request
-        try:
-            return chunk, parse_result(request.get_result())
-        except self.detector._caught as error:
-            return chunk, self.detector._error(error)
+    def wait(self, timeout: Optional[float] = None):
+        import gevent
+
+        def finished(request) -> bool:
+            return isinstance(request, ClientError) or request._greenlet.ready()
+
+        if not any(finished(r) for _, _, r in self.requests):
+            gevent.wait([r._greenlet for _, _, r in self.requests], timeout=timeout, count=1)
+        for position, (job, endpoint, request) in enumerate(self.requests):
+            if finished(request):
+                del self.requests[position]
+                if isinstance(request, ClientError):
+                    return job, endpoint, request
+                try:
+                    return job, endpoint, parse_result(request.get_result())
+                except self.detector._caught as error:
+                    return job, endpoint, self.detector._error(error, endpoint.url)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
@@ -559,6 +857,7 @@ examples:
   %(prog)s video clip.mp4 -o clip_boxes.mp4 -f 25
   %(prog)s dummy -i
   %(prog)s image photo.jpg -u triton:8001 -s -r ca.pem -p client.key -x client.pem
+  %(prog)s image photos/ -u a:8001,b:8001 --retries 20 --retry-deadline 60
 
 exit status: 0 all answered; 1 a file, a frame or the connection failed (each failure on
 stderr, the others still printed); 2 bad arguments."""
@@ -572,12 +871,27 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="*", help="image files or directories (image), one video file (video)")
     group = parser.add_argument_group("server")
     group.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"ensemble to call (default {DEFAULT_MODEL})")
-    group.add_argument("-u", "--url", help="host:port (default localhost:8001 for grpc, localhost:8000 for http)")
+    group.add_argument("-u", "--url", help="host:port (default localhost:8001 for grpc, localhost:8000 for http); "
+                                           "several comma-separated (a:8001,b:8001): round robin over the healthy ones")
     group.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default grpc")
     group.add_argument("-t", "--client-timeout", type=float, metavar="SECONDS", help="per-request timeout")
     group.add_argument("-i", "--model-info", action="store_true",
                        help="print the model's metadata and config first, its inference statistics last")
     group.add_argument("-v", "--verbose", action="store_true", help="tritonclient's verbose request/response log")
+    group = parser.add_argument_group("retries (server unreachable or restarting, model not ready, a dead backend "
+                                      "instance; never a bad input)")
+    group.add_argument("--retries", type=int, default=DEFAULT_RETRY.attempts - 1, metavar="N",
+                       help=f"retries per request after the first try (default {DEFAULT_RETRY.attempts - 1}; 0: none)")
+    group.add_argument("--retry-deadline", type=float, default=DEFAULT_RETRY.deadline, metavar="SECONDS",
+                       help=f"no retry starts later than this after a request's first try (default "
+                            f"{DEFAULT_RETRY.deadline:g}; 0: no deadline)")
+    group.add_argument("--backoff", type=float, default=DEFAULT_RETRY.initial_backoff, metavar="SECONDS",
+                       help=f"first wait before a retry, doubled each time (default {DEFAULT_RETRY.initial_backoff:g})")
+    group.add_argument("--max-backoff", type=float, default=DEFAULT_RETRY.max_backoff, metavar="SECONDS",
+                       help=f"longest wait between retries (default {DEFAULT_RETRY.max_backoff:g})")
+    group.add_argument("--cooldown", type=float, default=2.0, metavar="SECONDS",
+                       help="with several -u servers: how long a failed server is skipped before a health check "
+                            "(default 2)")
     group = parser.add_argument_group("TLS (gRPC; HTTP over https needs a TLS proxy in front of Triton)")
     group.add_argument("-s", "--ssl", action="store_true", help="connect with TLS")
     group.add_argument("-r", "--root-certificates", metavar="PEM", help="CA certificate(s) to trust")
@@ -618,6 +932,18 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--concurrency and --batch must be at least 1")
     if args.fps is not None and args.fps <= 0:
         parser.error("-f/--fps must be positive")
+    if args.retries < 0 or args.retry_deadline < 0 or args.cooldown < 0:
+        parser.error("--retries, --retry-deadline and --cooldown must be >= 0")
+    if not 0 <= args.backoff <= args.max_backoff:
+        parser.error("--backoff must be between 0 and --max-backoff")
+
+
+def retry_policy(args) -> RetryPolicy:
+    """The --retries/--retry-deadline/--backoff/--max-backoff flags as a RetryPolicy."""
+    if args.retries == 0:
+        return RetryPolicy.disabled()
+    return RetryPolicy(attempts=args.retries + 1, initial_backoff=args.backoff, max_backoff=args.max_backoff,
+                       deadline=args.retry_deadline or None)
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[Path]:
@@ -814,7 +1140,8 @@ def _main(argv: Optional[Sequence[str]], prog: Optional[str]) -> int:
     try:
         detector = Detector(args.url, args.model, args.protocol, ssl=args.ssl, root_certificates=args.root_certificates,
                             private_key=args.private_key, certificate_chain=args.certificate_chain,
-                            timeout=args.client_timeout, concurrency=args.concurrency, verbose=args.verbose)
+                            timeout=args.client_timeout, concurrency=args.concurrency, verbose=args.verbose,
+                            retry=retry_policy(args), cooldown=args.cooldown)
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
