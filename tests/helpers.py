@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from yolo_triton import specs
+from yolo_triton.server import free_ports
 
 # most tests use a narrow YOLOv7 at a small input (fast on 2 CPU cores); one uses the full 640 model
 SMALL = specs.YOLOV7.with_overrides(name="yolov7_small", input_size=(256, 320), width_multiple=0.25)
@@ -56,21 +62,39 @@ def infer_images(module, client, model, images, parameters=None, timeout=None):
     return {name: result.as_numpy(name) for name in specs.ENSEMBLE_OUTPUTS}
 
 
-def python_stubs(server_pid: int) -> dict:
-    """The Python backend stub processes of one tritonserver (its children only, never another server's):
-    model instance name (e.g. ``yolov7_small_preprocess_0_0``, an argument of the stub's command line) → (pid,
-    the stub's shared-memory region name)."""
-    stubs = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+
+def start_serve(repository, log_path, *options, env=None, timeout=300):
+    """``tools/serve.py`` as `make serve` runs it, on free ports, limited to the small ensemble → (process, ports).
+
+    ``options``: more serve.py flags (before ``--``). Waits until the plain HTTP endpoint is ready."""
+    http, grpc, metrics, https = free_ports(4)
+    command = [sys.executable, str(ROOT / "tools" / "serve.py"), "--repository", str(repository),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+               "--https-port", str(https), *options,
+               "--", "--model-control-mode=explicit", f"--load-model={SMALL.ensemble_name}", "--log-verbose=0"]
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve.py exited with {process.returncode}:\n{Path(log_path).read_text()[-3000:]}")
         try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == server_pid and args and args[0].endswith("triton_python_backend_stub") and len(args) > 4:
-            region = next((a for a in args if a.startswith("triton_python_backend_shm_region")), None)
-            instance = [a for a in args if a][-2]  # ... <instance name> DEFAULT
-            stubs[instance] = (int(proc.name), region)
-    return stubs
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return process, {"http": http, "grpc": grpc, "metrics": metrics, "https": https}
+        except OSError:
+            time.sleep(0.5)
+    stop_serve(process)
+    raise TimeoutError(f"serve.py not ready after {timeout} s:\n{Path(log_path).read_text()[-3000:]}")
+
+
+def stop_serve(process, timeout=60):
+    """SIGINT, as Ctrl-C (serve.py passes it on to tritonserver); the whole session killed if that hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

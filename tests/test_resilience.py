@@ -26,9 +26,9 @@ from yolo_triton.client import (
     RetryPolicy,
     ServerUnreachable,
 )
-from yolo_triton.server import TritonServer
+from yolo_triton.server import TritonServer, python_stubs
 
-from .helpers import python_stubs
+from .helpers import start_serve, stop_serve
 from .test_client import CONF, MODEL, PHOTOS, assert_matches, photo_dir  # noqa: F401 — photo_dir: a fixture
 
 FLAGS = ["--log-verbose=0", "--model-control-mode=explicit", f"--load-model={MODEL}"]
@@ -341,3 +341,43 @@ def test_python_stub_killed_under_load(repository, log_dir, data):
         for _, region in stubs.values():  # killed stubs (and a SIGKILLed server) leave their shared memory behind
             if region and Path("/dev/shm", region).exists():
                 Path("/dev/shm", region).unlink()
+
+
+def test_serve_stops_loudly_when_a_stub_dies(repository, log_dir):
+    """`make serve` (tools/serve.py) does what Triton does not: a Python backend stub killed while the server is
+    ready stops the server with exit code 3 and a FATAL line naming the instance, so that a supervisor restarts it,
+    instead of a READY model failing part of its requests forever. A normal Ctrl-C stop is not mistaken for it."""
+    log = log_dir / "serve_watchdog.log"
+    process, _ = start_serve(repository, log, "--profile", "open")
+    try:
+        stubs = python_stubs(_server_child(process.pid))
+        time.sleep(3)  # the watchdog polls every second: let it see the ready server's stubs once
+        started = time.monotonic()
+        os.kill(stubs["yolov7_small_preprocess_0_1"][0], signal.SIGKILL)
+        code = process.wait(60)
+        took = time.monotonic() - started
+    finally:
+        stop_serve(process)
+    text = log.read_text(errors="replace")
+    measured("serve.py after a stub was killed", exit_code=code, seconds=round(took, 1))
+    assert code == 3, text[-2000:]
+    assert "FATAL: the Python backend stub of model instance yolov7_small_preprocess_0_1" in text
+    assert took < 40
+
+    clean = log_dir / "serve_clean.log"
+    process, _ = start_serve(repository, clean, "--profile", "open")
+    stop_serve(process)
+    assert process.returncode == 0 and "FATAL" not in clean.read_text(errors="replace")
+
+
+def _server_child(serve_pid: int) -> int:
+    """The tritonserver process that serve.py started."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == serve_pid and "tritonserver" in stat:
+                return int(proc.name)
+    raise AssertionError(f"no tritonserver under serve.py {serve_pid}")

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -126,6 +128,66 @@ def server_command(
         f"--metrics-port={metrics_port}",
         *extra,
     ]
+
+
+def python_stubs(server_pid: int) -> dict:
+    """The Python backend stub processes of one tritonserver (its children only, never another server's):
+    model instance name (e.g. ``yolov7_small_preprocess_0_0``, an argument of the stub's command line) → (pid,
+    the stub's shared-memory region name). A dead stub not yet reaped (a zombie) has no command line: not listed."""
+    stubs = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == server_pid and args and args[0].endswith("triton_python_backend_stub") and len(args) > 4:
+            region = next((a for a in args if a.startswith("triton_python_backend_shm_region")), None)
+            instance = [a for a in args if a][-2]  # ... <instance name> DEFAULT
+            stubs[instance] = (int(proc.name), region)
+    return stubs
+
+
+INSTANCE_NAME = re.compile(r"^(?P<model>.+)_(?P<group>\d+)_(?P<index>\d+)$")  # Triton's <model>_<group>_<index>
+
+
+class StubWatchdog(threading.Thread):
+    """Calls ``on_death(instance, pid)`` when the Python backend stub of a model instance is gone while its model
+    is still READY.
+
+    Triton 2.51 neither restarts a stub that dies (OOM killer, a crash in native code) nor marks its model
+    unready: requests routed to that instance fail with "Stub process … is not healthy" for as long as the server
+    runs, while health checks pass (measured in tests/test_resilience.py). Not deaths: a model reloaded (its
+    instances come back under the same names, new pids), unloaded or the server shutting down (the model is not
+    ready then), and the short-lived stubs the backend runs while loading (named after the model, not an
+    instance). A stub must be missing at two polls in a row (``interval`` apart)."""
+
+    def __init__(self, server_pid: int, model_ready, on_death, interval: float = 1.0):
+        super().__init__(name="stub-watchdog", daemon=True)
+        self.server_pid, self.model_ready, self.on_death, self.interval = server_pid, model_ready, on_death, interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        seen: dict = {}  # instance → pid of its stub
+        missing: dict = {}  # instance → polls at which it was missing
+        while not self._stop_event.wait(self.interval):
+            current = {name: pid for name, (pid, _) in python_stubs(self.server_pid).items() if INSTANCE_NAME.match(name)}
+            seen.update(current)
+            for name in [n for n in seen if n not in current]:
+                if not self.model_ready(INSTANCE_NAME.match(name)["model"]):
+                    seen.pop(name), missing.pop(name, None)  # unloaded, reloading or shutting down
+                    continue
+                missing[name] = missing.get(name, 0) + 1
+                if missing[name] >= 2 and not self._stop_event.is_set():
+                    self.on_death(name, seen[name])
+                    return
+            for name in current:
+                missing.pop(name, None)
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 def cuda_pool_flags(mib: int, gpu_count: Optional[int] = None) -> List[str]:
