@@ -101,10 +101,19 @@ def container(m):
     return found
 
 
-def server_flags(m) -> dict:
-    """--flag=value of the tritonserver command line (command + args); the binary must be tritonserver."""
+SUPERVISOR = ["python3", "-m", "yolo_triton.supervise"]
+
+
+def server_words(m) -> list:
+    """The server's command line (command + args), after our supervisor's ``... --`` if it runs under it."""
     c = container(m)
     words = [*c.get("command", []), *c.get("args", [])]
+    return words[words.index("--") + 1:] if words[:3] == SUPERVISOR and "--" in words else words
+
+
+def server_flags(m) -> dict:
+    """--flag=value of the tritonserver command line (command + args); the binary must be tritonserver."""
+    words = server_words(m)
     assert words and words[0] == "tritonserver", f"the container does not run tritonserver: {words[:1]}"
     flags = {}
     for word in words[1:]:
@@ -443,7 +452,19 @@ def check_resources(m):
     return problems
 
 
-CHECKS = [check_ports, check_probes, check_image, check_cuda_pool, check_kustomization, check_hpa_target,
+def check_supervised(m):
+    """tritonserver runs under yolo_triton.supervise (a dead Python backend stub, which Triton 2.51 neither restarts
+    nor reports, then restarts the container), watching Triton's own HTTP port."""
+    c = container(m)
+    words = [*c.get("command", []), *c.get("args", [])]
+    if words[:3] != SUPERVISOR or "--" not in words:
+        return [f"tritonserver is not run by {' '.join(SUPERVISOR)}: {words[:4]}"]
+    http = server_flags(m).get("--http-port", "8000")
+    supervisor = words[3:words.index("--")]
+    return [] if supervisor == [f"--http-port={http}"] else [f"the supervisor watches {supervisor}, not --http-port={http}"]
+
+
+CHECKS = [check_supervised, check_ports, check_probes, check_image, check_cuda_pool, check_kustomization, check_hpa_target,
           check_selectors, check_replicas, check_metric, check_queue_target, check_admin, check_model_repository,
           check_shm, check_drain, check_security_context, check_resources]
 
@@ -475,6 +496,8 @@ def _arg(m, prefix, new):
 
 
 MUTATIONS = [
+    (check_supervised, "no supervisor", lambda m: container(m).update(command=["tritonserver"])),
+    (check_supervised, "supervisor on another port", lambda m: container(m)["command"].__setitem__(3, "--http-port=9000")),
     (check_ports, "service http port", _set(["service", "spec", "ports", _named("http"), "port"], 8080)),
     (check_ports, "container grpc port", _set([_c, "ports", _named("grpc"), "containerPort"], 9001)),
     (check_ports, "metrics flag", lambda m: _arg(m, "--metrics-port=", "--metrics-port=9002")),

@@ -381,3 +381,16 @@ def _server_child(serve_pid: int) -> int:
             if int(stat.rsplit(")", 1)[1].split()[1]) == serve_pid and "tritonserver" in stat:
                 return int(proc.name)
     raise AssertionError(f"no tritonserver under serve.py {serve_pid}")
+
+
+def test_supervise_module_passes_the_exit_code_on():
+    """`python3 -m yolo_triton.supervise -- CMD` (deploy/k8s's entrypoint) exits with CMD's code; without CMD, a
+    usage error."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "yolo_triton.supervise", "--http-port", "1", "--", "sh", "-c", "exit 7"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 7, run.stderr
+    run = subprocess.run([sys.executable, "-m", "yolo_triton.supervise"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "give the server command" in run.stderr

@@ -16,18 +16,17 @@ Python backend stub dies (Triton 2.51 would keep the model READY and fail that i
 """
 import argparse
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from yolo_triton import security  # noqa: E402
 from yolo_triton.repository import RUNTIMES  # noqa: E402
-from yolo_triton.server import (PLUGIN_MODES, PluginNotFound, StubWatchdog, cuda_pool_flags, declared_plugins,  # noqa: E402
-                                find_triton, plugin_launch, server_command)
+from yolo_triton.server import (PLUGIN_MODES, PluginNotFound, cuda_pool_flags, declared_plugins, find_triton,  # noqa: E402
+                                plugin_launch, server_command)
+from yolo_triton.supervise import supervise  # noqa: E402
 
 
 def serve_in_docker(args, plugins, secure_flags, shown_flags) -> None:
@@ -99,7 +98,7 @@ def main() -> None:
                            [*plugin_flags, *pool_flags, *shown_flags, *args.extra])
     env = {**install.env(), **plugin_env}
     print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(shown), flush=True)
-    sys.exit(supervise(command, env, args))
+    sys.exit(supervise_with_tls(command, env, args))
 
 
 def security_flags(args):
@@ -119,63 +118,20 @@ def security_flags(args):
     return flags, shown
 
 
-STUB_DIED_EXIT = 3
-
-
-def supervise(command, env, args) -> int:
-    """tritonserver as a child process: SIGINT/SIGTERM go on to it; HTTPS terminated here (--tls-cert); and a
-    watchdog that stops the server loudly (exit 3) when a Python backend stub dies, which Triton 2.51 neither
-    repairs nor reports (--on-stub-death ignore: leave it be)."""
+def supervise_with_tls(command, env, args) -> int:
+    """Triton under yolo_triton.supervise (signals passed on, a dead stub stops it with exit 3); with --tls-cert,
+    HTTPS terminated here for as long as it runs."""
     terminator = None
     if args.tls_cert:
         context = security.server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         terminator = security.TLSTerminator(("0.0.0.0", args.https_port), ("127.0.0.1", args.http_port), context).start()
         print(f"serve: HTTPS on port {args.https_port} -> HTTP 127.0.0.1:{args.http_port}"
               + (" (client certificates required)" if args.tls_client_ca else ""), flush=True)
-    # a session of its own, so that a hung shutdown can be ended with its stubs; Ctrl-C reaches it through us
-    server = subprocess.Popen(command, env=env, start_new_session=True)
-    outcome = {"code": None}
-
-    def stub_died(instance: str, pid: int) -> None:
-        print(f"serve: FATAL: the Python backend stub of model instance {instance} (pid {pid}) died. Triton does not "
-              "restart it and keeps reporting the model READY while that instance's requests fail; stopping the "
-              f"server (exit {STUB_DIED_EXIT}) so that whatever supervises `make serve` starts it again.",
-              file=sys.stderr, flush=True)
-        outcome["code"] = STUB_DIED_EXIT
-        server.send_signal(signal.SIGTERM)
-        threading.Timer(20, lambda: server.poll() is None and os.killpg(server.pid, signal.SIGKILL)).start()
-
-    watchdog = None
-    if args.on_stub_death == "exit":
-        model_url = f"http://127.0.0.1:{args.http_port}/v2/models/{{}}/ready"
-        watchdog = StubWatchdog(server.pid, lambda model: http_ok(model_url.format(model)), stub_died)
-        watchdog.start()
-
-    def forward(received, _frame):
-        if watchdog:
-            watchdog.stop()  # stubs exit during a shutdown: not a death
-        server.send_signal(received)
-
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, forward)
     try:
-        code = server.wait()
+        return supervise(command, env, args.http_port, watch=args.on_stub_death == "exit")
     finally:
-        if watchdog:
-            watchdog.stop()
         if terminator:
             terminator.stop()
-    return outcome["code"] or code
-
-
-def http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":
