@@ -5,6 +5,7 @@
 #   make perf             perf_analyzer sweep against the running `make serve` (CSV, JSON, PNG in build/perf)
 #   make bench            detector alone vs ensembles vs client preprocessing, one server (build/bench)
 #   make fuzz             the decode functions under 100,000 hypothesis inputs (FUZZ_EXAMPLES)
+#   make soak             10,000 requests at concurrency 64, 10 % malformed, against the running `make serve` (build/soak)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -47,6 +48,8 @@ CUDA_POOL_MIB ?= 4096
 BENCH_MODEL ?= yolov7
 BENCH_ARGS ?=
 FUZZ_EXAMPLES ?= 100000
+SOAK_MODEL ?= yolov7_e2e
+SOAK_ARGS ?=
 PYTEST_ARGS ?=
 PERF_MODEL ?= yolov7_e2e
 PERF_CONCURRENCY ?= 1 2 4 8
@@ -55,7 +58,7 @@ PERF_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv system-deps build-engines repository serve test perf bench fuzz clean clean-artifacts
+.PHONY: help venv system-deps build-engines repository serve test perf bench fuzz soak clean clean-artifacts
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -111,6 +114,9 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_bad_inputs.py -k fuzz -p no:cacheprovider -q --durations=1 -o timeout=3600
+
+soak: $(STAMP)
+	$(PY) tools/soak.py -u localhost:$(GRPC_PORT) -m $(SOAK_MODEL) --out build/soak $(SOAK_ARGS)
 
 clean-artifacts:
 	rm -rf $(ARTIFACTS)/*.onnx $(ARTIFACTS)/*.onnx.json $(REPOSITORY)/*/1/model.onnx
