@@ -68,14 +68,19 @@ def test_bad_images_fail_alone(photos):
     assert "empty input" in str(errors[1]) and "cannot decode" in str(errors[2])
 
 
-def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos):
-    """Same predictions in: the GPU NMS (torchvision, float64 offsets) keeps the same boxes as the CPU path."""
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-threshold", "per-image-thresholds"])
+def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed):
+    """Same predictions in: the GPU NMS (torchvision, float64 offsets) keeps the same boxes as the CPU path, also
+    when the images of one batch carry different IoU / conf thresholds and max_det (requests' own parameters)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
     tensors, metas = zip(*(pre.preprocess_image(photos[n], SMALL.input_size) for n in PHOTOS))
     predictions = session.run(None, {"images": np.stack(tensors)})[0]
     params = [post.DetectionParams(conf_threshold=0.02)] * len(PHOTOS)
+    if mixed:
+        params = [post.DetectionParams(conf_threshold=0.02 + 0.01 * (i % 2), iou_threshold=(0.3, 0.45, 0.7)[i % 3],
+                                       max_detections=(300, 5)[i % 2]) for i in range(len(PHOTOS))]
     ours = gpu.postprocess_batch(torch.from_numpy(predictions).to(CUDA), np.stack([m.to_array() for m in metas]), params)
     for index, meta in enumerate(metas):
         expected = post.postprocess(predictions[index], meta, params[index])

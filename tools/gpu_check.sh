@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|bench|all|multigpu|instances] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances] [bench args...]
 # tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
 # its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
-# contexts time-share the GPU). Logs and results go to $OUT (or build/gpu_check).
+# contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py). Logs and
+# results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -33,6 +34,9 @@ stop_server() {
 
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
+fi
+if [[ $what == profile || $what == all ]]; then
+  python3 tools/gpu_profile.py --out "$OUT" 2>&1 | tail -8
 fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository

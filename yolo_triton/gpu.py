@@ -132,15 +132,19 @@ def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequ
     rows, scores, classes, image_idx = rows[keep], scores[keep], classes[keep], image_idx[keep]
     half = rows[:, 2:4] / 2
     boxes = torch.cat([rows[:, :2] - half, rows[:, :2] + half], 1)
-    iou = torch.tensor([p.iou_threshold for p in params], device=device)
-    results: List[Detections] = []
-    if len(set(p.iou_threshold for p in params)) == 1:
-        groups = (image_idx * (width - 4) + classes).double() * GROUP_OFFSET
-        kept = nms(boxes.double() + groups[:, None], scores.double(), float(iou[0]))
-    else:  # requests with different IoU thresholds in one batch: one NMS call per image
-        kept = torch.cat([idx[nms(boxes[idx].double() + classes[idx, None].double() * GROUP_OFFSET, scores[idx].double(),
-                                  float(iou[i]))] for i in range(n) for idx in [(image_idx == i).nonzero()[:, 0]]]
-                         ) if len(scores) else torch.zeros(0, dtype=torch.long, device=device)
+    # one NMS call per distinct IoU threshold (requests may set their own; usually there is one), boxes offset per
+    # (image, class) group so that groups never suppress each other
+    groups = (image_idx * (width - 4) + classes).double() * GROUP_OFFSET
+    per_image_iou = np.array([p.iou_threshold for p in params])
+    thresholds, kept = np.unique(per_image_iou), []
+    for threshold in thresholds:
+        if len(thresholds) == 1:
+            idx = torch.arange(len(scores), device=device)
+        else:
+            images = torch.from_numpy(np.flatnonzero(per_image_iou == threshold)).to(device)
+            idx = torch.isin(image_idx, images).nonzero()[:, 0]
+        kept.append(idx[nms(boxes[idx].double() + groups[idx, None], scores[idx].double(), float(threshold))])
+    kept = torch.cat(kept)
     boxes, scores, classes, image_idx = (t[kept].cpu().numpy() for t in (boxes, scores, classes, image_idx))
     for i in range(n):
         mine = np.flatnonzero(image_idx == i)
