@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Each GPU step alone, outside Triton: what the bare work costs, to set against Triton's per-model statistics.
+
+    python tools/gpu_profile.py --out build/gpu_profile        (a CUDA host with torchvision: the GPU machine)
+
+Times (median of ``--repeats`` after warm-up, CUDA-synchronised) per batch size, for YOLOv7-640 with seeded
+random weights and photos from the scikit-image wheel as 640×480 JPEGs: decode (nvJPEG, one call per batch),
+preprocess (decode + letterbox into one FP16 batch), detector (FP16, channels_last, CUDA graph per bucket),
+postprocess (thresholds + NMS on the detector's output, boxes to the host). Writes gpu_profile.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from yolo_triton import gpu, specs  # noqa: E402
+from yolo_triton.postprocess import DetectionParams  # noqa: E402
+
+
+def timed(function, repeats: int) -> float:
+    """Median milliseconds of ``function()`` with the GPU synchronised around each call."""
+    for _ in range(3):
+        function()
+    samples = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("build/gpu_profile"))
+    args = parser.parse_args(argv)
+    import importlib.util
+
+    from bench import resized_jpegs  # tools/bench.py: the same photos as `make bench`
+
+    loader = importlib.util.spec_from_file_location("create_onnx", Path(__file__).resolve().parent.parent / "build" / "create_onnx.py")
+    create_onnx = importlib.util.module_from_spec(loader)
+    sys.modules["create_onnx"] = create_onnx
+    loader.loader.exec_module(create_onnx)
+
+    device, spec = torch.device("cuda"), specs.YOLOV7
+    model = create_onnx.build_detector(spec, None, seed=0)
+    model.fuse()
+    model = gpu.prepare_for_gpu(model, device, torch.float16)
+    runner = gpu.GraphRunner(model, (3, *spec.input_size), max(args.batches), device, torch.float16)
+    photos = resized_jpegs((640, 480))
+    params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
+    rows = []
+    with torch.inference_mode():
+        for batch in args.batches:
+            items = [photos[i % len(photos)] for i in range(batch)]
+            tensor, metas, _ = gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16)
+            predictions = runner(tensor)
+            row = {
+                "batch": batch,
+                "decode_ms": timed(lambda: gpu.decode_images(items, device), args.repeats),
+                "preprocess_ms": timed(lambda: gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
+                                       args.repeats),
+                "detector_ms": timed(lambda: runner(tensor), args.repeats),
+                "postprocess_ms": timed(lambda: gpu.postprocess_batch(predictions, metas, [params] * batch), args.repeats),
+            }
+            row.update({f"{k[:-3]}_img_s": round(batch / row[k] * 1000, 1) for k in list(row) if k.endswith("_ms")})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
