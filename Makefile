@@ -63,12 +63,14 @@ help:
 	@sed -n 's/^#   //p' Makefile
 
 # Debian packages: libpythonX.Y for the Triton Python backend stub (it embeds the system libpython),
-# libb64-0d for perf_analyzer. Installed with apt-get when missing (root, or sudo).
+# libb64-0d for perf_analyzer, pythonX.Y-venv where the interpreter cannot make a venv (Debian's python3 without
+# ensurepip). Installed with apt-get when missing (root, or sudo).
 system-deps:
 	@ver=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
 	missing=""; \
 	ldconfig -p | grep -q "libpython$$ver.so.1.0" || missing="$$missing libpython$$ver"; \
 	ldconfig -p | grep -q "libb64.so.0d" || missing="$$missing libb64-0d"; \
+	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python$$ver-venv"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  echo "installing Debian packages:$$missing"; \
