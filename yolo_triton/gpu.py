@@ -146,6 +146,7 @@ def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequ
         kept.append(idx[nms(boxes[idx].double() + groups[idx, None], scores[idx].double(), float(threshold))])
     kept = torch.cat(kept)
     boxes, scores, classes, image_idx = (t[kept].cpu().numpy() for t in (boxes, scores, classes, image_idx))
+    results: List[Detections] = []
     for i in range(n):
         mine = np.flatnonzero(image_idx == i)
         mine = mine[np.argsort(-scores[mine], kind="stable")][: params[i].max_detections]
