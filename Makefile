@@ -42,7 +42,7 @@ PREPOST ?=
 CPU_TWIN ?=
 # GPU steps: instances per GPU, and which GPUs (comma-separated ids; empty: every GPU the server sees). The CUDA
 # memory pool is set on each visible GPU.
-GPU_INSTANCES ?= 2
+GPU_INSTANCES ?= 1
 GPUS ?=
 CUDA_POOL_MIB ?= 4096
 BENCH_MODEL ?= yolov7

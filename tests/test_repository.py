@@ -59,7 +59,7 @@ def test_gpu_placement_on_several_gpus(tmp_path):
     for name in (spec.preprocess_name + "_cpu", spec.postprocess_name + "_cpu"):
         assert _groups(tmp_path, files, name)[0][1] == model_config_pb2_kind("KIND_CPU")
     every_gpu = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True))
-    assert _groups(tmp_path / "all", every_gpu, spec.name) == [(2, model_config_pb2_kind("KIND_GPU"), [])]
+    assert _groups(tmp_path / "all", every_gpu, spec.name) == [(1, model_config_pb2_kind("KIND_GPU"), [])]
     for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}):
         with pytest.raises(ValueError):
             Placement(prepost="gpu", gpu=True, **bad)

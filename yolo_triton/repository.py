@@ -41,7 +41,7 @@ class Placement:
     gpu: bool = False
     cpu_twin: bool = False
     half: bool = True  # RUNTIME=torch on a GPU: FP16 weights and activations (False: FP32)
-    gpu_instances: int = 2
+    gpu_instances: int = 1  # measured on an H200: 2 per step (6 CUDA contexts time-sharing one GPU) was slower, README
     gpus: Tuple[int, ...] = ()
 
     def __post_init__(self):
