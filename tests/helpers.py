@@ -89,12 +89,30 @@ def start_serve(repository, log_path, *options, env=None, timeout=300):
     raise TimeoutError(f"serve.py not ready after {timeout} s:\n{Path(log_path).read_text()[-3000:]}")
 
 
-def stop_serve(process, timeout=60):
-    """SIGINT, as Ctrl-C (serve.py passes it on to tritonserver); the whole session killed if that hangs."""
+def stop_serve(process, timeout=60, number=signal.SIGINT):
+    """SIGINT, as Ctrl-C (serve.py passes it on to tritonserver); if that hangs, serve.py and the server (a
+    session of its own) are killed with their children."""
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(number)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        for pid in [*child_pids(process.pid), process.pid]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         process.wait()
+
+
+def child_pids(pid: int) -> list:
+    """The direct children of ``pid`` (from /proc)."""
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(proc.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return children

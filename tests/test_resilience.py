@@ -28,7 +28,7 @@ from yolo_triton.client import (
 )
 from yolo_triton.server import TritonServer, python_stubs
 
-from .helpers import start_serve, stop_serve
+from .helpers import child_pids, start_serve, stop_serve
 from .test_client import CONF, MODEL, PHOTOS, assert_matches, photo_dir  # noqa: F401 — photo_dir: a fixture
 
 FLAGS = ["--log-verbose=0", "--model-control-mode=explicit", f"--load-model={MODEL}"]
@@ -364,33 +364,18 @@ def test_serve_stops_loudly_when_a_stub_dies(repository, log_dir):
     assert "FATAL: the Python backend stub of model instance yolov7_small_preprocess_0_1" in text
     assert took < 40
 
+    # a hang-up (terminal closed) stops the server cleanly too, and is not taken for a death
     clean = log_dir / "serve_clean.log"
     process, _ = start_serve(repository, clean, "--profile", "open")
-    stop_serve(process)
+    server_pid = _server_child(process.pid)
+    stop_serve(process, number=signal.SIGHUP)
     assert process.returncode == 0 and "FATAL" not in clean.read_text(errors="replace")
+    assert not Path(f"/proc/{server_pid}").exists() or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2]
 
 
 def _server_child(serve_pid: int) -> int:
     """The tritonserver process that serve.py started."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == serve_pid and "tritonserver" in stat:
-                return int(proc.name)
+    for pid in child_pids(serve_pid):
+        if "tritonserver" in Path(f"/proc/{pid}/stat").read_text():
+            return pid
     raise AssertionError(f"no tritonserver under serve.py {serve_pid}")
-
-
-def test_supervise_module_passes_the_exit_code_on():
-    """`python3 -m yolo_triton.supervise -- CMD` (deploy/k8s's entrypoint) exits with CMD's code; without CMD, a
-    usage error."""
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "-m", "yolo_triton.supervise", "--http-port", "1", "--", "sh", "-c", "exit 7"],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 7, run.stderr
-    run = subprocess.run([sys.executable, "-m", "yolo_triton.supervise"], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "give the server command" in run.stderr

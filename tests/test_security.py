@@ -7,7 +7,7 @@ certificates are refused at the connection.
 """
 from __future__ import annotations
 
-import os
+import socket
 import stat
 import time
 import urllib.error
@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from yolo_triton import security
-from yolo_triton.client import Detector, ServerUnreachable
+from yolo_triton.client import Detector, ServerError, ServerUnreachable
 
 from .helpers import start_serve, stop_serve
 from .test_client import CONF, MODEL, assert_matches, make_certificates
@@ -67,7 +67,7 @@ ADMIN_CALLS = {
     "register shared memory": lambda c: c.register_system_shared_memory("region", "/yolo_triton_test", 64),
     "system shared memory status": lambda c: c.get_system_shared_memory_status(),
     "cuda shared memory status": lambda c: c.get_cuda_shared_memory_status(),
-    "trace settings": lambda c: c.update_trace_settings(settings={"trace_file": "/tmp/yolo_triton_trace.json"}),
+    "trace settings": lambda c: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"}),
     "log settings": lambda c: c.update_log_settings(settings={"log_verbose_level": 1}),
 }
 
@@ -86,7 +86,9 @@ def test_admin_apis_refused_without_the_key(secure_server, call):
     with grpcclient.InferenceServerClient(f"localhost:{ports['grpc']}", ssl=True,
                                           root_certificates=str(certs["ca"])) as client:
         assert client.is_server_ready() and client.is_model_ready(MODEL)
-    assert not os.path.exists("/tmp/yolo_triton_trace.json")
+        # the refused trace update changed nothing (read back with the key)
+        trace = client.get_trace_settings(headers=security.admin_headers("grpc", ADMIN_KEY), as_json=True)
+        assert trace["settings"]["trace_level"]["value"] == ["OFF"], trace
 
 
 def test_admin_apis_work_with_the_key(secure_server):
@@ -136,7 +138,35 @@ def test_connections_without_tls_or_trust_are_refused(secure_server, photos):
 def test_plain_http_listens_on_localhost_only(secure_server):
     ports, _, log = secure_server
     assert "--http-address=127.0.0.1" in log.read_text()
+    # from another address of this host: plain HTTP refused, HTTPS reachable
+    address = outbound_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    with pytest.raises(OSError):
+        socket.create_connection((address, ports["http"]), timeout=5).close()
+    socket.create_connection((address, ports["https"]), timeout=5).close()
+
+
+def outbound_address():
+    """This host's address on its default route (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
     assert "****" in log.read_text() and ADMIN_KEY not in log.read_text(), "the printed command must mask the key"
+
+
+def test_client_reports_a_restricted_api_plainly(secure_server):
+    """The client says "restricted" (a ServerError, not retried), not "cannot reach the server"."""
+    ports, certs, _ = secure_server
+    with Detector(f"localhost:{ports['grpc']}", MODEL, "grpc", ssl=True, root_certificates=str(certs["ca"])) as detector:
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="is restricted") as refused:
+            detector.repository_index()
+        assert not isinstance(refused.value, ServerUnreachable) and time.monotonic() - started < 2
 
 
 def test_admin_key_sources(tmp_path, monkeypatch):

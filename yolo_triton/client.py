@@ -183,6 +183,9 @@ def _convert(error: BaseException, url: str, model: str) -> ClientError:
         return error
     if isinstance(error, InferenceServerException):
         status, message = _status(error), error.message() or str(error)
+        if "is restricted" in message:  # the production profile's admin APIs, without the admin key: not transient
+            return ServerError(f"{message} (an admin API of the production profile: send the admin key, see "
+                               "yolo_triton.security.admin_headers)", status or None)
         if status == "UNAVAILABLE":
             return ServerUnreachable(f"cannot reach Triton at {url}: {message}")
         if status == "DEADLINE_EXCEEDED" or "timed out" in message.lower():

@@ -162,21 +162,30 @@ class StubWatchdog(threading.Thread):
     runs, while health checks pass (measured in tests/test_resilience.py). Not deaths: a model reloaded (its
     instances come back under the same names, new pids), unloaded or the server shutting down (the model is not
     ready then), and the short-lived stubs the backend runs while loading (named after the model, not an
-    instance). A stub must be missing at two polls in a row (``interval`` apart)."""
+    instance). A stub must be missing at two polls in a row (``interval`` apart). ``model_ready(model)`` answers
+    True, False (the server says not ready or unknown) or None (no answer: busy host, HTTP off) — None is no
+    evidence either way, so the stub stays watched. ``regions``: the shared-memory regions of the stubs seen, for
+    the caller to remove after a server that had to be killed."""
 
     def __init__(self, server_pid: int, model_ready, on_death, interval: float = 1.0):
         super().__init__(name="stub-watchdog", daemon=True)
         self.server_pid, self.model_ready, self.on_death, self.interval = server_pid, model_ready, on_death, interval
         self._stop_event = threading.Event()
+        self.regions: set = set()
 
     def run(self) -> None:
         seen: dict = {}  # instance → pid of its stub
         missing: dict = {}  # instance → polls at which it was missing
         while not self._stop_event.wait(self.interval):
-            current = {name: pid for name, (pid, _) in python_stubs(self.server_pid).items() if INSTANCE_NAME.match(name)}
+            stubs = python_stubs(self.server_pid)
+            self.regions.update(region for _, region in stubs.values() if region)
+            current = {name: pid for name, (pid, _) in stubs.items() if INSTANCE_NAME.match(name)}
             seen.update(current)
             for name in [n for n in seen if n not in current]:
-                if not self.model_ready(INSTANCE_NAME.match(name)["model"]):
+                ready = self.model_ready(INSTANCE_NAME.match(name)["model"])
+                if ready is None:
+                    continue  # no answer: ask again at the next poll
+                if not ready:
                     seen.pop(name), missing.pop(name, None)  # unloaded, reloading or shutting down
                     continue
                 missing[name] = missing.get(name, 0) + 1

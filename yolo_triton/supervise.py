@@ -4,18 +4,21 @@
 
 Triton 2.51 neither restarts a Python backend stub that dies nor marks its model unready (measured:
 tests/test_resilience.py): the model stays READY while the requests routed to that instance fail. The supervisor
-passes SIGINT/SIGTERM on to the server, watches its stubs (``server.StubWatchdog``) and, on a death, stops the
+passes SIGINT/SIGTERM on to the server (SIGHUP as SIGTERM; the server also gets SIGTERM if the supervisor itself is
+killed), watches its stubs (``server.StubWatchdog``) and, on a death, stops the
 server and exits with ``STUB_DIED_EXIT`` (3), so that whatever runs it (`make serve`'s caller, systemd, the
 kubelet: deploy/k8s runs the server under this module) starts it again. ``tools/serve.py`` uses it too.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
@@ -25,18 +28,60 @@ STUB_DIED_EXIT = 3
 KILL_AFTER_S = 20  # a server with a dead stub cannot unload that model: its clean stop would hang
 
 
-def http_ok(url: str) -> bool:
+def model_ready(url: str) -> Optional[bool]:
+    """Triton's answer to a model readiness URL: True, False (answered, not ready), None (no answer)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.status == 200
+    except urllib.error.HTTPError:
+        return False  # 400/404/503: answered, not ready or not known
     except OSError:
-        return False
+        return None
+
+
+try:  # looked up here, not in the forked child (no imports or locks there)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the supervisor dies, even by SIGKILL (Linux), so no server is left orphaned."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def remove_regions(regions) -> None:
+    """Unlink the Python backend's shared-memory regions of a server that was killed (it could not remove them);
+    left behind they fill /dev/shm — in a pod, a memory-backed emptyDir that survives container restarts."""
+    for region in regions:
+        path = os.path.join("/dev/shm", os.path.basename(region))
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def supervise(command: Sequence[str], env: Optional[dict] = None, http_port: int = 8000, watch: bool = True) -> int:
     """Run ``command`` until it exits; its exit code, or ``STUB_DIED_EXIT`` after a stub died."""
-    # a session of its own, so that a hung shutdown can be ended with its stubs; signals reach it through us
-    server = subprocess.Popen(list(command), env=env, start_new_session=True)
+    # handlers first: a signal that arrives while the server starts is passed on once it exists
+    received: list = []
+    server: Optional[subprocess.Popen] = None
+    watchdog: Optional[StubWatchdog] = None
+
+    def forward(number, _frame):
+        if watchdog:
+            watchdog.stop()  # stubs exit during a shutdown: not a death
+        received.append(number)
+        if server is not None:
+            server.send_signal(signal.SIGTERM if number == signal.SIGHUP else number)
+
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, forward)
+    # a session of its own, so that a hung shutdown can be ended with its stubs; signals reach it through us, and
+    # it gets SIGTERM if we die; the admin key stays out of the stubs' environment (Triton has it as a flag)
+    env = {k: v for k, v in (env or os.environ).items() if k != "TRITON_ADMIN_KEY"}
+    server = subprocess.Popen(list(command), env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    if received:
+        server.send_signal(signal.SIGTERM if received[0] == signal.SIGHUP else received[0])
     outcome = {"code": None}
 
     def stub_died(instance: str, pid: int) -> None:
@@ -47,24 +92,17 @@ def supervise(command: Sequence[str], env: Optional[dict] = None, http_port: int
         server.send_signal(signal.SIGTERM)
         threading.Timer(KILL_AFTER_S, lambda: server.poll() is None and os.killpg(server.pid, signal.SIGKILL)).start()
 
-    watchdog = None
-    if watch:
+    if watch and not received:
         model_url = f"http://127.0.0.1:{http_port}/v2/models/{{}}/ready"
-        watchdog = StubWatchdog(server.pid, lambda model: http_ok(model_url.format(model)), stub_died)
+        watchdog = StubWatchdog(server.pid, lambda model: model_ready(model_url.format(model)), stub_died)
         watchdog.start()
-
-    def forward(received, _frame):
-        if watchdog:
-            watchdog.stop()  # stubs exit during a shutdown: not a death
-        server.send_signal(received)
-
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, forward)
     try:
         code = server.wait()
     finally:
         if watchdog:
             watchdog.stop()
+            if outcome["code"] == STUB_DIED_EXIT:
+                remove_regions(watchdog.regions)
     return outcome["code"] or code
 
 
