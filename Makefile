@@ -44,6 +44,7 @@ CPU_TWIN ?=
 # memory pool is set on each visible GPU.
 GPU_INSTANCES ?= 1
 GPUS ?=
+GPU_QUEUE_DELAY_US ?= 100
 CUDA_POOL_MIB ?= 4096
 BENCH_MODEL ?= yolov7
 BENCH_ARGS ?=
@@ -97,7 +98,7 @@ build-engines: $(STAMP)
 	$(PY) build/build_engines.py --models $(MODELS) --runtime $(RUNTIME) --artifacts $(ARTIFACTS) \
 	  --repository $(REPOSITORY) --seed $(SEED) --precision $(PRECISION) --opt-batch $(OPT_BATCH) \
 	  $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES)) $(if $(END2END),--end2end) \
-	  $(if $(PREPOST),--prepost $(PREPOST)) $(if $(CPU_TWIN),--cpu-twin) --gpu-instances $(GPU_INSTANCES) $(if $(GPUS),--gpus $(GPUS))
+	  $(if $(PREPOST),--prepost $(PREPOST)) $(if $(CPU_TWIN),--cpu-twin) --gpu-instances $(GPU_INSTANCES) --gpu-queue-delay-us $(GPU_QUEUE_DELAY_US) $(if $(GPUS),--gpus $(GPUS))
 
 serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \

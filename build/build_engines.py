@@ -212,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     placement.add_argument("--cpu-twin", action="store_true", help="also <model>_e2e_cpu: CPU pre/post, same detector")
     placement.add_argument("--gpu-instances", type=int, default=Placement.gpu_instances,
                            help="instances of each GPU step (detector, GPU pre/post) per GPU")
+    placement.add_argument("--gpu-queue-delay-us", type=int, default=Placement.gpu_queue_delay_us,
+                           help="dynamic batcher delay of the GPU steps, microseconds (CPU steps: the spec's)")
     placement.add_argument("--gpus", default="", help="GPU ids for the GPU steps, e.g. 0,1 (default: every GPU the server sees)")
     trt = parser.add_argument_group("RUNTIME=tensorrt")
     trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
@@ -235,7 +237,8 @@ def placement_for(args: argparse.Namespace) -> Placement:
     gpu = args.device == "gpu" or cuda
     prepost = args.prepost or ("gpu" if args.runtime == "torch" and gpu else "cpu")
     gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip())
-    return Placement(prepost=prepost, gpu=gpu, cpu_twin=args.cpu_twin, gpu_instances=args.gpu_instances, gpus=gpus)
+    return Placement(prepost=prepost, gpu=gpu, cpu_twin=args.cpu_twin, gpu_instances=args.gpu_instances, gpus=gpus,
+                     gpu_queue_delay_us=args.gpu_queue_delay_us)
 
 
 def main(argv=None) -> int:

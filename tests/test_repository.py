@@ -48,19 +48,23 @@ def test_gpu_placement_on_several_gpus(tmp_path):
     steps stay on the CPU; without ``gpus`` the group names none, so Triton uses every GPU it sees."""
     from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 
-    from yolo_triton.repository import Placement
+    from yolo_triton.repository import Placement, read_model_config
 
     model_config_pb2_kind = ModelInstanceGroup.Kind.Value
 
     spec = specs.YOLOV7
-    files = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True, cpu_twin=True, gpu_instances=3, gpus=(0, 1)))
+    files = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True, cpu_twin=True, gpu_instances=3, gpus=(0, 1),
+                                                      gpu_queue_delay_us=750))
+    delay = lambda name: read_model_config(tmp_path / name / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds  # noqa: E731
     for name in (spec.preprocess_name, spec.name, spec.postprocess_name):
         assert _groups(tmp_path, files, name) == [(3, model_config_pb2_kind("KIND_GPU"), [0, 1])], name
+        assert delay(name) == 750, name
     for name in (spec.preprocess_name + "_cpu", spec.postprocess_name + "_cpu"):
         assert _groups(tmp_path, files, name)[0][1] == model_config_pb2_kind("KIND_CPU")
+        assert delay(name) == spec.max_queue_delay_us, name
     every_gpu = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True))
     assert _groups(tmp_path / "all", every_gpu, spec.name) == [(1, model_config_pb2_kind("KIND_GPU"), [])]
-    for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}):
+    for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}, {"gpu_queue_delay_us": -1}):
         with pytest.raises(ValueError):
             Placement(prepost="gpu", gpu=True, **bad)
 

@@ -41,3 +41,43 @@ def test_torch_detector_ensemble_matches_reference(server, protocol, photos, ref
         expected = ref.detect(data, conf=LOW_CONF["conf_threshold"])
         assert len(expected[1]) > 0
         assert_same_detections(result, expected, index=index, box_tol=0.05, score_tol=2e-4)
+
+
+def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models, photos):
+    """YOLO_TRITON_STEP_TIMES: the torch detector writes one row per execute; tools/step_times.py counts the same
+    executions and images as Triton's own statistics for the same load, and splits the execute into phases."""
+    import json
+    import sys
+
+    import tritonclient.grpc as grpcclient
+
+    from yolo_triton.repository import write_repository
+    from yolo_triton.server import TritonServer
+
+    from .helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import step_times
+
+    spec = TORCH_SPECS[0]
+    repository = write_repository(tmp_path / "repository", [spec], "torch",
+                                  torch_files={spec.name: onnx_models[SMALL.name].with_suffix(".pt")})
+    folder = tmp_path / "steps"
+    monkeypatch.setenv("YOLO_TRITON_STEP_TIMES", str(folder))
+    with TritonServer(repository, log_path=tmp_path / "server.log") as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        (tmp_path / "before.json").write_text(json.dumps(client.get_inference_statistics(as_json=True)))
+        sent = 0
+        for count in (1, 2, 3):
+            infer_images(grpcclient, client, spec.ensemble_name, [photos["rocket_jpg"]] * count)
+            sent += count
+        (tmp_path / "after.json").write_text(json.dumps(client.get_inference_statistics(as_json=True)))
+    assert step_times.main([str(folder), "--skip-s", "0", "--stats-before", str(tmp_path / "before.json"),
+                            "--stats-after", str(tmp_path / "after.json"), "--out", str(tmp_path / "steps.json")]) == 0
+    report = json.loads((tmp_path / "steps.json").read_text())[spec.name]
+    ours, triton = report["execute"], report["triton"]
+    assert ours["executions"] == triton["executions"] == 3  # requests sent one after another: one execute each
+    assert round(ours["images_per_execution"] * ours["executions"]) == sent
+    assert set(ours["phases_ms"]) == {"inputs", "infer", "responses"}
+    assert 0 < ours["execute_ms"] <= triton["compute_infer_ms"] * 1.05  # our execute runs inside Triton's round trip
+    assert report["backend_overhead_ms"] == pytest.approx(triton["compute_infer_ms"] - ours["execute_ms"], abs=1e-3)

@@ -105,18 +105,18 @@ def main(argv=None) -> int:
         data_file.write_text(json.dumps(perf.tensor_data_json(resized_jpegs(sizes[0]), hw)))
         plan.append(("d", "(d) seed: client preprocess, FP32 tensor over gRPC", args.model, data_file, []))
 
-    rows = []
+    rows, failures = [], []
     points = [(p, c) for p in plan for c in args.concurrency]
     for (case, label, model, data_file, extra), c in tqdm(points, desc="bench"):
         try:
             row = perf.run_point(args, model, c, data_file, args.out / f"pa_{case}_{model}_{len(rows)}.csv", extra)
+            rows.append({"case": case, "config": label, **row})
         except RuntimeError as error:  # one configuration failing does not lose the others' numbers
             tqdm.write(f"{label} at concurrency {c} failed: {str(error)[-1500:]}", file=sys.stderr)
-            continue
-        rows.append({"case": case, "config": label, **row})
-        write_report(args, rows)  # after every point: a run cut short still leaves its numbers
+            failures.append({"case": case, "config": label, "concurrency": c, "error": str(error)[-3000:]})
+        write_report(args, rows, failures)  # after every point: a run cut short still leaves its numbers
     (args.out / "stats.json").write_text(json.dumps(server_statistics(args.url), indent=1))
-    ratios = write_report(args, rows)
+    ratios = write_report(args, rows, failures)
     if rows:
         perf.plot(rows, args.out / "bench.png", f"{args.model}: detector alone vs ensembles vs client preprocessing")
     print(f"{'config':<52} {'conc':>5} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs (a)':>7} {'vs (d)':>7}")
@@ -124,14 +124,17 @@ def main(argv=None) -> int:
         fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
         print(f"{r['config']:<52} {r['concurrency']:>5} {r['throughput_img_s']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
               f" {fmt(r['ratio_to_a']):>7} {fmt(r['ratio_to_d']):>7}")
+    for f in failures:
+        print(f"NOT MEASURED: {f['config']} at concurrency {f['concurrency']}: ..." + f["error"][-400:].replace("\n", " | "))
     print("ratios:", json.dumps(ratios))
     print(f"wrote {args.out}/bench.csv, bench.json, bench.png, stats.json")
     return 0 if rows else 1
 
 
-def write_report(args, rows) -> dict:
+def write_report(args, rows, failures) -> dict:
     """Ratios to (a) and (d) at the same concurrency, best-vs-best ratios, p50 at the lowest concurrency;
-    bench.csv and bench.json. Returns the ratios."""
+    bench.csv and bench.json (with the points that failed and why, so a missing row is never silent).
+    Returns the ratios."""
     best = lambda case: max((r["throughput_img_s"] for r in rows if r["case"] == case), default=None)  # noqa: E731
     for r in rows:
         same_c = {x["case"]: x for x in rows if x["concurrency"] == r["concurrency"] and x["case"] in ("a", "d")}
@@ -149,7 +152,8 @@ def write_report(args, rows) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "bench.json").write_text(json.dumps({"model": args.model, "url": args.url, "rows": rows, "ratios": ratios,
-                                                     f"p50_ms_at_concurrency_{low}": p50_low}, indent=2))
+                                                     f"p50_ms_at_concurrency_{low}": p50_low,
+                                                     "failures": failures}, indent=2))
     return ratios
 
 

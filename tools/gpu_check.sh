@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps] [bench args...]
 # tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
 # its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
-# contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py). Logs and
-# results go to $OUT (or build/gpu_check).
+# contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
+# with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
+# QUEUE_DELAYS (tools/step_times.py). MPS=1 runs everything under the CUDA Multi-Process Service, so the separate
+# CUDA contexts of several instances (each Python stub is its own process) share the GPU at once instead of taking
+# turns; the daemon is stopped on exit. Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -18,6 +21,15 @@ export PYTHONUNBUFFERED=1
 { python3 -c "import numpy, torch, torchvision; print('numpy', numpy.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
   python3 -c "import cv2; print('cv2', cv2.__version__)" 2>&1 | tail -1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } 2>&1 | tee "$OUT/env.txt"
+
+if [[ ${MPS:-0} == 1 ]]; then
+  # The daemon's pipe and log folders travel to every client (tritonserver and its stubs) through the environment.
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  nvidia-cuda-mps-control -d || { echo "MPS daemon did not start"; exit 1; }
+  trap 'echo quit | nvidia-cuda-mps-control' EXIT
+  echo "MPS on" | tee -a "$OUT/env.txt"
+fi
 
 start_server() {  # repository, log file, [GPU ids the server sees; default all]
   ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
@@ -84,4 +96,21 @@ if [[ $what == instances ]]; then
     benches+=("$n instance(s)=/tmp/inst_$n/bench.json")
   done
   python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/instances.log"
+fi
+if [[ $what == steps ]]; then
+  for delay in ${QUEUE_DELAYS:-100 1000}; do
+    repo=/tmp/steps_repository_$delay; times=/tmp/steps_times_$delay; rm -rf $times
+    python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+      --gpu-queue-delay-us $delay > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
+    YOLO_TRITON_STEP_TIMES=$times start_server $repo /tmp/server_steps_$delay.log || exit 1
+    python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
+      > /tmp/stats_before_$delay.json
+    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/steps_bench_$delay --skip a c d --sizes 640x480 "$@" \
+      > /tmp/steps_bench_$delay.log 2>&1
+    echo "== GPU steps with a ${delay} us batcher delay" | tee -a "$OUT/steps.log"
+    grep -v "it/s\]" /tmp/steps_bench_$delay.log | tail -5 | tee -a "$OUT/steps.log"
+    python3 tools/step_times.py $times --stats-before /tmp/stats_before_$delay.json \
+      --stats-after /tmp/steps_bench_$delay/stats.json --out "$OUT/steps_$delay.json" | tee -a "$OUT/steps.log"
+    stop_server /tmp/server_steps_$delay.log
+  done
 fi

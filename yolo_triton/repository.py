@@ -43,6 +43,8 @@ class Placement:
     half: bool = True  # RUNTIME=torch on a GPU: FP16 weights and activations (False: FP32)
     gpu_instances: int = 1  # measured on an H200: 2 per step (6 CUDA contexts time-sharing one GPU) was slower, README
     gpus: Tuple[int, ...] = ()
+    # On a GPU a step takes milliseconds, not the CPU's hundreds: the batcher waits less for company
+    gpu_queue_delay_us: int = 100
 
     def __post_init__(self):
         if self.prepost not in PREPOST:
@@ -51,6 +53,8 @@ class Placement:
             raise ValueError("GPU pre/post needs gpu=True")
         if self.gpu_instances < 1 or any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
             raise ValueError(f"gpu_instances {self.gpu_instances} must be ≥ 1, gpus {self.gpus} distinct ids ≥ 0")
+        if self.gpu_queue_delay_us < 0:
+            raise ValueError(f"gpu_queue_delay_us {self.gpu_queue_delay_us} must be ≥ 0")
 
     def group(self, on_gpu: bool, cpu_count: int = 1) -> str:
         """The instance_group of one step: ``gpu_instances`` per GPU (on ``gpus``) or ``cpu_count`` CPU ones."""
@@ -81,12 +85,10 @@ def _parameters(values: dict) -> str:
     return "parameters [\n" + ",\n".join(items) + "\n]\n"
 
 
-# On a GPU a step takes milliseconds, not the CPU's hundreds: the batcher waits less for company, and a second
-# instance per step lets one instance's host-side work (Python, DLPack hand-over) overlap the other's GPU work.
-GPU_QUEUE_DELAY_US = 100
-def _batching(spec: S.ModelSpec, preferred: bool, gpu: bool = False) -> str:
+def _batching(spec: S.ModelSpec, preferred: bool, gpu_delay_us: Optional[int] = None) -> str:
+    """Dynamic batching; ``gpu_delay_us`` for a step on the GPU, else the spec's (CPU) queue delay."""
     sizes = f"preferred_batch_size: {_dims(spec.preferred_batch_sizes)} " if preferred else ""
-    delay = GPU_QUEUE_DELAY_US if gpu else spec.max_queue_delay_us
+    delay = spec.max_queue_delay_us if gpu_delay_us is None else gpu_delay_us
     return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {delay} }}\n"
 
 
@@ -130,7 +132,7 @@ def preprocess_config(spec: S.ModelSpec, instances: int = 2, name: Optional[str]
             "output",
             [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec)), _tensor(S.LETTERBOX_META, "TYPE_FP32", [META_SIZE])],
         )
-        + _batching(spec, preferred=False, gpu=gpu)
+        + _batching(spec, preferred=False, gpu_delay_us=placement.gpu_queue_delay_us if gpu else None)
         + (placement.group(gpu, instances) if placement else _instances(instances))
         + _parameters({"pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes, "max_image_pixels": limits.max_pixels})
     )
@@ -142,7 +144,8 @@ def detector_config(spec: S.ModelSpec, runtime: str = "onnxruntime", instances: 
     On the CPU ``instances`` instances; on GPUs (``placement.gpu``, and always for TensorRT) the placement's."""
     gpu = placement.gpu
     tensors = (_tensors("input", [_tensor(S.DETECTOR_INPUT, "TYPE_FP32", _image_dims(spec))])
-               + _tensors("output", _detector_outputs(spec)) + _batching(spec, preferred=True, gpu=gpu or runtime == "tensorrt"))
+               + _tensors("output", _detector_outputs(spec)) + _batching(spec, preferred=True,
+                          gpu_delay_us=placement.gpu_queue_delay_us if gpu or runtime == "tensorrt" else None))
     group = placement.group(gpu, instances)
     if runtime == "onnxruntime":
         return (_python_model(spec.name, spec) + tensors + group
@@ -169,7 +172,7 @@ def postprocess_config(spec: S.ModelSpec, instances: int = 1, name: Optional[str
             _detector_outputs(spec) + [_tensor(S.LETTERBOX_META, "TYPE_FP32", [META_SIZE])],
         )
         + _tensors("output", ensemble_outputs())
-        + _batching(spec, preferred=False, gpu=gpu)
+        + _batching(spec, preferred=False, gpu_delay_us=placement.gpu_queue_delay_us if gpu else None)
         + (placement.group(gpu, instances) if placement else _instances(instances))
         + _parameters(
             {

@@ -3,6 +3,7 @@ image of the scheduler's batch run there in one go (``yolo_triton.gpu.postproces
 come to the host. Other layouts (their NMS is done or tiny) use the CPU postprocess unchanged."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -11,7 +12,7 @@ from yolo_triton.gpu import postprocess_batch
 from yolo_triton.postprocess import DetectionParams
 
 from . import postprocess as cpu
-from .common import error_response
+from .common import StepTimes, error_response
 from .torch_common import input_tensor, pick_device
 
 
@@ -19,10 +20,12 @@ class TritonPythonModel(cpu.TritonPythonModel):
     def initialize(self, args):
         super().initialize(args)
         self.device = pick_device(args)
+        self.times = StepTimes(args["model_name"], ["inputs", "nms_to_host", "responses"])
 
     def execute(self, requests):
         if self.layout != specs.LAYOUT_RAW_GRID:
             return super().execute(requests)
+        self.times.begin()
         responses = [None] * len(requests)
         good, params, predictions, metas = [], [], [], []
         for index, request in enumerate(requests):
@@ -37,14 +40,21 @@ class TritonPythonModel(cpu.TritonPythonModel):
             predictions.append(prediction)
             metas.append(meta)
             params += [request_params] * len(prediction)
+        self.times.lap()
         if good:
-            import numpy as np
-
             with torch.inference_mode():
                 results = postprocess_batch(torch.cat(predictions), np.concatenate(metas), params)
+            self.times.lap()
             start = 0
             for index, prediction in zip(good, predictions):
                 mine = results[start : start + len(prediction)]
                 start += len(prediction)
                 responses[index] = pb_utils.InferenceResponse(output_tensors=cpu.pack_detections(mine, self.labels))
+        else:
+            self.times.lap()
+        self.times.lap()
+        self.times.end(len(params))
         return responses
+
+    def finalize(self):
+        self.times.close()

@@ -12,7 +12,7 @@ from yolo_triton.gpu import preprocess_batch
 from yolo_triton.preprocess import ImageDecodeError
 
 from . import preprocess as cpu
-from .common import error_response
+from .common import StepTimes, error_response
 from .torch_common import output_tensor, pick_device
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -23,13 +23,20 @@ class TritonPythonModel(cpu.TritonPythonModel):
         super().initialize(args)
         self.device = pick_device(args)
         self.torch_dtype = TORCH_DTYPES[np.dtype(self.image_dtype).name]
+        self.times = StepTimes(args["model_name"], ["inputs", "decode_letterbox", "gpu_wait", "responses"])
 
     def execute(self, requests):
+        self.times.begin()
         per_request = [pb_utils.get_input_tensor_by_name(r, specs.ENSEMBLE_INPUT).as_numpy().reshape(-1) for r in requests]
         items = [data for encoded in per_request for data in encoded]
+        self.times.lap()
         with torch.inference_mode():
             batch, metas, errors = preprocess_batch(items, self.target_hw, self.device, self.pad_value, self.limits,
                                                     self.torch_dtype)
+        self.times.lap()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
+        self.times.lap()
         responses, start = [], 0
         for encoded in per_request:
             stop = start + len(encoded)
@@ -45,6 +52,9 @@ class TritonPythonModel(cpu.TritonPythonModel):
                     pb_utils.Tensor(specs.LETTERBOX_META, metas[start:stop]),
                 ]))
             start = stop
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
+        self.times.lap()
+        self.times.end(len(items))
         return responses
+
+    def finalize(self):
+        self.times.close()

@@ -16,7 +16,7 @@ from yolo_triton import specs
 from yolo_triton.gpu import GraphRunner, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
-from .common import config_parameters, error_response, logger, parse_model_config
+from .common import StepTimes, config_parameters, error_response, logger, parse_model_config
 from .torch_common import input_tensor, output_tensor, pick_device
 
 
@@ -40,6 +40,7 @@ class TritonPythonModel:
             self.runner = GraphRunner(model, (3, *spec.input_size), self.max_batch_size, self.device, self.dtype)
         logger.info("%s: %s on %s, %s, CUDA graphs %s", args["model_name"], spec.name, self.device, self.dtype,
                     self.runner.buckets if self.runner else "off")
+        self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"])
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, dtype=self.dtype, non_blocking=True)
@@ -50,12 +51,16 @@ class TritonPythonModel:
         return self.model(batch).float()
 
     def execute(self, requests):
+        self.times.begin()
         try:
             images = [input_tensor(r, specs.DETECTOR_INPUT) for r in requests]
+            self.times.lap()
             with torch.inference_mode():
+                # each input onto this instance's GPU first: with several GPUs, a batch may gather tensors from several
                 outputs = self._run(torch.cat([i.to(self.device) for i in images]) if len(images) > 1 else images[0])
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
+            self.times.lap()
         except Exception as error:  # a failure fails this batch's requests, not the server
             return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
         responses, start = [], 0
@@ -63,8 +68,11 @@ class TritonPythonModel:
             stop = start + len(image)
             responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, outputs[start:stop])]))
             start = stop
+        self.times.lap()
+        self.times.end(len(outputs))
         return responses
 
     def finalize(self):
+        self.times.close()
         self.runner = None
         self.model = None

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Where the time goes inside each Python step, beside what Triton sees of it.
+
+    YOLO_TRITON_STEP_TIMES=/tmp/steps make serve ...      # each step instance writes <model>.<pid>.csv
+    python tools/step_times.py /tmp/steps [--stats-before a.json --stats-after b.json] [--skip-s 2] [--out steps.json]
+
+Triton's statistics time a Python-backend step as one block: "compute infer" is the whole round trip from the
+server to the stub process and back. The rows the steps write themselves (``StepTimes`` in
+``yolo_triton/triton_models/common.py``) split our ``execute`` into its phases. The difference between
+Triton's compute infer per execution and our ``execute`` is the Python backend's own cost (requests and
+responses through shared memory, DLPack hand-over, the stub's loop). ``busy`` is the share of the measured span
+during which an instance was inside ``execute``: near 100 % means that step is the bottleneck.
+
+With two snapshots of ``get_inference_statistics`` (before and after the load, as JSON) the Triton side is
+the difference between them, so earlier load (warm-up, other cases) stays out of it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def read_rows(folder: Path, skip_s: float) -> Dict[str, List[List[dict]]]:
+    """model → one list of rows per instance (file), rows started in the first ``skip_s`` seconds left out."""
+    per_model: Dict[str, List[List[dict]]] = defaultdict(list)
+    files = sorted(folder.glob("*.csv"))
+    first = min((float(r["start"]) for f in files for r in csv.DictReader(open(f))), default=0.0)
+    for path in files:
+        model = path.name.rsplit(".", 2)[0]
+        rows = [r for r in csv.DictReader(open(path)) if float(r["start"]) >= first + skip_s]
+        if rows:
+            per_model[model].append(rows)
+    return per_model
+
+
+def summarise_instances(instances: List[List[dict]]) -> dict:
+    phases = [k for k in instances[0][0] if k not in ("start", "images")]
+    rows = [r for rows in instances for r in rows]
+    execute_ms = [sum(float(r[p]) for p in phases) for r in rows]
+    images = sum(int(r["images"]) for r in rows)
+    busy = []
+    for inst in instances:
+        span = float(inst[-1]["start"]) - float(inst[0]["start"])
+        busy.append(sum(sum(float(r[p]) for p in phases) for r in inst[:-1]) / 1e3 / span if span > 0 else None)
+    return {
+        "instances": len(instances),
+        "executions": len(rows),
+        "images_per_execution": round(images / len(rows), 2),
+        "execute_ms": round(sum(execute_ms) / len(rows), 3),
+        "phases_ms": {p: round(sum(float(r[p]) for r in rows) / len(rows), 3) for p in phases},
+        "execute_ms_per_image": round(sum(execute_ms) / images, 3) if images else None,
+        "busy_share": [round(b, 3) if b is not None else None for b in busy],
+    }
+
+
+def _model_stats(snapshot: Optional[dict]) -> Dict[str, dict]:
+    if not snapshot:
+        return {}
+    return {m["name"]: m for m in snapshot.get("model_stats", [])}
+
+
+def _ns(stats: dict, *keys) -> float:
+    for key in keys:
+        stats = stats.get(key, {})
+    return float(stats or 0)
+
+
+def triton_side(before: Optional[dict], after: dict) -> Dict[str, dict]:
+    """Per model from two statistics snapshots: executions, images, and per-request milliseconds of queue and
+    compute input / infer / output (Triton gives every request of a batch the batch's durations)."""
+    old, new = _model_stats(before), _model_stats(after)
+    out = {}
+    for name, stats in new.items():
+        prev = old.get(name, {})
+        delta = lambda *keys: _ns(stats, *keys) - _ns(prev, *keys)  # noqa: E731
+        requests = delta("inference_stats", "success", "count")
+        if requests <= 0:
+            continue
+        executions = delta("execution_count")
+        out[name] = {
+            "executions": int(executions),
+            "images_per_execution": round(delta("inference_count") / executions, 2) if executions else None,
+            **{f"{part}_ms": round(delta("inference_stats", part, "ns") / requests / 1e6, 3)
+               for part in ("queue", "compute_input", "compute_infer", "compute_output")},
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--stats-before", type=Path)
+    parser.add_argument("--stats-after", type=Path)
+    parser.add_argument("--skip-s", type=float, default=2.0, help="leave out executions of the first seconds (warm-up)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    ours = {model: summarise_instances(inst) for model, inst in read_rows(args.folder, args.skip_s).items()}
+    theirs = {}
+    if args.stats_after:
+        before = json.loads(args.stats_before.read_text()) if args.stats_before else None
+        theirs = triton_side(before, json.loads(args.stats_after.read_text()))
+    report = {}
+    print(f"{'model':<24} {'img/exec':>8} {'triton queue':>12} {'in':>6} {'infer':>7} {'out':>6} {'execute':>8}"
+          f" {'backend':>8} {'busy':>6}  phases (ms)")
+    for model in sorted(set(ours) | set(theirs)):
+        mine, triton = ours.get(model), theirs.get(model)
+        entry = {"execute": mine, "triton": triton}
+        if mine and triton:
+            # what the Python backend spends around our execute: shared memory, DLPack, the stub's loop
+            entry["backend_overhead_ms"] = round(triton["compute_infer_ms"] - mine["execute_ms"], 3)
+        report[model] = entry
+        t = triton or {}
+        m = mine or {}
+        fmt = lambda v, w, d=2: f"{v:>{w}.{d}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"  # noqa: E731
+        busy = max((b for b in m.get("busy_share", []) if b is not None), default=None)
+        phases = " ".join(f"{k}={v:.2f}" for k, v in m.get("phases_ms", {}).items())
+        print(f"{model:<24} {fmt(m.get('images_per_execution', t.get('images_per_execution')), 8)}"
+              f" {fmt(t.get('queue_ms'), 12)} {fmt(t.get('compute_input_ms'), 6)} {fmt(t.get('compute_infer_ms'), 7)}"
+              f" {fmt(t.get('compute_output_ms'), 6)} {fmt(m.get('execute_ms'), 8)}"
+              f" {fmt(entry.get('backend_overhead_ms'), 8)} {fmt(busy, 6)}  {phases}")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0 if report else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
