@@ -30,6 +30,11 @@ CALIB_IMAGES ?=
 END2END ?=
 # RUNTIME=torch (our PyTorch modules on the GPU): pre/post on the GPU too (PREPOST=gpu, default with CUDA), a CPU
 # twin ensemble for `make bench` (CPU_TWIN=1), and the CUDA memory pool Triton hands GPU tensors through
+PREPOST ?=
+CPU_TWIN ?=
+# MPS=1: the server's CUDA contexts (one per Python step instance) share the GPU at once under a private CUDA MPS
+# daemon instead of taking turns (yolo_triton/mps.py; the fastest GPU set-up measured: MPS=1 GPU_INSTANCES=2)
+MPS ?= 0
 # production: the model-repository, shared-memory, trace and logging APIs need the header admin-key (the key:
 # $TRITON_ADMIN_KEY, else build/admin-key, made on first use); open: nothing restricted (make bench needs it for
 # shared memory). TLS_CERT + TLS_KEY: TLS on gRPC, HTTPS on HTTPS_PORT; TLS_CLIENT_CA: mutual TLS
@@ -38,8 +43,6 @@ TLS_CERT ?=
 TLS_KEY ?=
 TLS_CLIENT_CA ?=
 HTTPS_PORT ?= 8443
-PREPOST ?=
-CPU_TWIN ?=
 # GPU steps: instances per GPU, and which GPUs (comma-separated ids; empty: every GPU the server sees). The CUDA
 # memory pool is set on each visible GPU.
 GPU_INSTANCES ?= 1
@@ -104,7 +107,7 @@ serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) --profile $(PROFILE) \
 	  $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY) --https-port $(HTTPS_PORT)) $(if $(TLS_CLIENT_CA),--tls-client-ca $(TLS_CLIENT_CA)) \
-	  $(if $(filter torch,$(RUNTIME)),--cuda-pool-mib $(CUDA_POOL_MIB))
+	  $(if $(filter torch,$(RUNTIME)),--cuda-pool-mib $(CUDA_POOL_MIB)) $(if $(filter 1,$(MPS)),--mps)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -49,3 +49,20 @@ def test_scaling_compares_best_points_and_plots(tmp_path):
     assert best["1 GPU"]["throughput_img_s"] == 400.0 and best["2 GPU"]["concurrency"] == 64
     assert best["2 GPU"]["ratio_to_first"] == 1.95
     assert (out / "scaling.png").stat().st_size > 0 and len((out / "scaling.csv").read_text().splitlines()) == 6
+
+
+def test_handover_probe_runs_on_the_host(tmp_path):
+    """tools/handover_probe.py on a CPU host: its own server, the host placement, every element handed over (the
+    tool checks the consumer's sum itself and fails otherwise), Triton's per-step statistics, CSV/JSON/PNG."""
+    out = tmp_path / "handover"
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "handover_probe.py"), "--sizes-mib", "0.001", "2",
+                          "--concurrency", "2", "--measurement-ms", "1000", "--stability", "100", "--retries", "3",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "handover.json").read_text())
+    assert [(r["place"], r["elements"]) for r in report["rows"]] == [("cpu", 262), ("cpu", 524288)]
+    for row in report["rows"]:
+        assert row["arrived_on_gpu"] is False and row["throughput_per_s"] > 0
+        assert row["handover_ms"] >= row["consumer_infer_ms"] > 0  # the parts add up to the total
+    assert set(report["server_log_pool_warnings"].values()) == {0}
+    assert (out / "handover.png").read_bytes()[:4] == b"\x89PNG" and len((out / "handover.csv").read_text().splitlines()) == 3

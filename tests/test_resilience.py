@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from yolo_triton.client import (
 )
 from yolo_triton.server import TritonServer, python_stubs
 
-from .helpers import child_pids, start_serve, stop_serve
+from .helpers import ROOT, child_pids, start_serve, stop_serve
 from .test_client import CONF, MODEL, PHOTOS, assert_matches, photo_dir  # noqa: F401 — photo_dir: a fixture
 
 FLAGS = ["--log-verbose=0", "--model-control-mode=explicit", f"--load-model={MODEL}"]
@@ -379,3 +381,17 @@ def _server_child(serve_pid: int) -> int:
         if "tritonserver" in Path(f"/proc/{pid}/stat").read_text():
             return pid
     raise AssertionError(f"no tritonserver under serve.py {serve_pid}")
+
+
+def test_serve_mps_without_the_driver_says_so(repository, tmp_path):
+    """`make serve MPS=1` on a host without the NVIDIA driver's MPS control: a clear stop before any server starts
+    (the daemon itself runs in tests/test_gpu.py on the GPU machine)."""
+    from yolo_triton import mps
+
+    if any((Path(d) / mps.CONTROL).exists() for d in (*mps.DRIVER_BINARIES, *os.environ["PATH"].split(os.pathsep))):
+        pytest.skip("this host has the MPS control binary")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "serve.py"), "--repository", str(repository),
+                           "--profile", "open", "--mps"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "nvidia-cuda-mps-control is not on PATH" in done.stderr and "serve without MPS=1" in done.stderr
+    assert "Started GRPCInferenceService" not in done.stdout + done.stderr  # Triton never ran

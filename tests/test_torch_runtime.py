@@ -46,6 +46,7 @@ def test_torch_detector_ensemble_matches_reference(server, protocol, photos, ref
 def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models, photos):
     """YOLO_TRITON_STEP_TIMES: the torch detector writes one row per execute; tools/step_times.py counts the same
     executions and images as Triton's own statistics for the same load, and splits the execute into phases."""
+    import csv
     import json
     import sys
 
@@ -81,3 +82,7 @@ def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models,
     assert set(ours["phases_ms"]) == {"inputs", "infer", "responses"}
     assert 0 < ours["execute_ms"] <= triton["compute_infer_ms"] * 1.05  # our execute runs inside Triton's round trip
     assert report["backend_overhead_ms"] == pytest.approx(triton["compute_infer_ms"] - ours["execute_ms"], abs=1e-3)
+    rows = [r for f in folder.glob(f"{spec.name}.*.csv") for r in csv.DictReader(open(f))]  # read apart from the tool
+    longest = max(rows, key=lambda r: sum(float(r[p]) for p in ("inputs", "infer", "responses")))
+    assert ours["execute_ms_max"] == pytest.approx(sum(float(longest[p]) for p in ("inputs", "infer", "responses")), abs=2e-3)
+    assert ours["slowest_execution"] == longest and ours["execute_ms"] <= ours["execute_ms_p99"] <= ours["execute_ms_max"]

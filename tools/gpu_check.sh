@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
 # its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
-# QUEUE_DELAYS (tools/step_times.py). MPS=1 runs everything under the CUDA Multi-Process Service, so the separate
-# CUDA contexts of several instances (each Python stub is its own process) share the GPU at once instead of taking
-# turns; the daemon is stopped on exit. Logs and results go to $OUT (or build/gpu_check).
+# QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two
+# ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=1 serves with `tools/serve.py
+# --mps` (what `make serve MPS=1` runs: the steps' CUDA contexts share the GPU at once under a private MPS daemon).
+# GPU_INSTANCES and GPU_QUEUE_DELAY_US set the GPU steps (as the Makefile's variables). Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -22,19 +23,10 @@ export PYTHONUNBUFFERED=1
   python3 -c "import cv2; print('cv2', cv2.__version__)" 2>&1 | tail -1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } 2>&1 | tee "$OUT/env.txt"
 
-if [[ ${MPS:-0} == 1 ]]; then
-  # The daemon's pipe and log folders travel to every client (tritonserver and its stubs) through the environment.
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  nvidia-cuda-mps-control -d || { echo "MPS daemon did not start"; exit 1; }
-  trap 'echo quit | nvidia-cuda-mps-control' EXIT
-  echo "MPS on" | tee -a "$OUT/env.txt"
-fi
-
 start_server() {  # repository, log file, [GPU ids the server sees; default all]
   ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
     exec setsid python3 tools/serve.py --repository "$1" --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-      --profile open --cuda-pool-mib 4096 > "$2" 2>&1 ) &
+      --profile open --cuda-pool-mib 4096 $([[ ${MPS:-0} == 1 ]] && echo --mps) > "$2" 2>&1 ) &
   for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && return 0; sleep 1; done
   echo "server not ready"; tail -30 "$2"; return 1
 }
@@ -53,6 +45,7 @@ fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
   python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
+    --gpu-instances ${GPU_INSTANCES:-1} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
@@ -86,7 +79,7 @@ if [[ $what == instances ]]; then
   for n in ${INSTANCE_COUNTS:-1 2 3}; do
     repo=/tmp/inst_repository_$n
     python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-instances $n > /tmp/build_inst.log 2>&1 || { tail -20 /tmp/build_inst.log; exit 1; }
+      --gpu-instances $n --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} > /tmp/build_inst.log 2>&1 || { tail -20 /tmp/build_inst.log; exit 1; }
     start_server $repo /tmp/server_inst_$n.log || exit 1
     python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/inst_$n --skip c d --sizes 640x480 "$@" > /tmp/inst_$n.log 2>&1
     echo "== $n instance(s) per GPU step" | tee -a "$OUT/instances.log"
@@ -101,16 +94,23 @@ if [[ $what == steps ]]; then
   for delay in ${QUEUE_DELAYS:-100 1000}; do
     repo=/tmp/steps_repository_$delay; times=/tmp/steps_times_$delay; rm -rf $times
     python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-queue-delay-us $delay > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
+      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-1} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
     YOLO_TRITON_STEP_TIMES=$times start_server $repo /tmp/server_steps_$delay.log || exit 1
     python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
       > /tmp/stats_before_$delay.json
-    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/steps_bench_$delay --skip a c d --sizes 640x480 "$@" \
+    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/steps_bench_$delay --skip ${SKIP:-a c d} --sizes 640x480 "$@" \
       > /tmp/steps_bench_$delay.log 2>&1
     echo "== GPU steps with a ${delay} us batcher delay" | tee -a "$OUT/steps.log"
-    grep -v "it/s\]" /tmp/steps_bench_$delay.log | tail -5 | tee -a "$OUT/steps.log"
+    grep -v "it/s\]" /tmp/steps_bench_$delay.log | grep -A30 "^config" | tee -a "$OUT/steps.log"
+    cp /tmp/steps_bench_$delay/bench.json "$OUT/bench_$delay.json"
     python3 tools/step_times.py $times --stats-before /tmp/stats_before_$delay.json \
       --stats-after /tmp/steps_bench_$delay/stats.json --out "$OUT/steps_$delay.json" | tee -a "$OUT/steps.log"
+    grep -c -e "falling back to pinned" -e "Failed to allocate memory from CUDA memory pool" \
+      -e "Failed to share CUDA memory pool" /tmp/server_steps_$delay.log | sed 's/^/memory pool warnings in the log: /' \
+      | tee -a "$OUT/steps.log"
     stop_server /tmp/server_steps_$delay.log
   done
+fi
+if [[ $what == handover ]]; then
+  python3 tools/handover_probe.py --out "$OUT/handover" "$@" 2>&1 | grep -v "it/s\]" | tail -16
 fi

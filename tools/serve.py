@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from yolo_triton import security  # noqa: E402
+from yolo_triton.mps import MPSDaemon, MPSUnavailable  # noqa: E402
 from yolo_triton.repository import RUNTIMES  # noqa: E402
 from yolo_triton.server import (PLUGIN_MODES, PluginNotFound, cuda_pool_flags, declared_plugins, find_triton,  # noqa: E402
                                 plugin_launch, server_command)
@@ -73,6 +74,8 @@ def main() -> None:
                         help="a Python backend stub that dies: stop the server loudly (exit 3), or leave it be")
     parser.add_argument("--cuda-pool-mib", type=int, default=0,
                         help="Triton's CUDA memory pool on every visible GPU (GPU tensors between ensemble steps)")
+    parser.add_argument("--mps", action="store_true",
+                        help="run the server's CUDA contexts under a private CUDA MPS daemon (yolo_triton/mps.py)")
     parser.add_argument("extra", nargs="*", help="more tritonserver flags, after --")
     args = parser.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -98,7 +101,18 @@ def main() -> None:
                            [*plugin_flags, *pool_flags, *shown_flags, *args.extra])
     env = {**install.env(), **plugin_env}
     print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(shown), flush=True)
-    sys.exit(supervise_with_tls(command, env, args))
+    if not args.mps:
+        sys.exit(supervise_with_tls(command, env, args))
+    try:
+        daemon = MPSDaemon().start()
+    except MPSUnavailable as error:
+        raise SystemExit(f"serve: {error}") from None
+    print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']})", flush=True)
+    try:
+        code = supervise_with_tls(command, {**env, **daemon.env()}, args)
+    finally:
+        daemon.stop()
+    sys.exit(code)
 
 
 def security_flags(args):

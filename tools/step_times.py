@@ -46,6 +46,8 @@ def summarise_instances(instances: List[List[dict]]) -> dict:
     for inst in instances:
         span = float(inst[-1]["start"]) - float(inst[0]["start"])
         busy.append(sum(sum(float(r[p]) for p in phases) for r in inst[:-1]) / 1e3 / span if span > 0 else None)
+    slowest = max(range(len(rows)), key=execute_ms.__getitem__)
+    ordered = sorted(execute_ms)
     return {
         "instances": len(instances),
         "executions": len(rows),
@@ -53,6 +55,10 @@ def summarise_instances(instances: List[List[dict]]) -> dict:
         "execute_ms": round(sum(execute_ms) / len(rows), 3),
         "phases_ms": {p: round(sum(float(r[p]) for r in rows) / len(rows), 3) for p in phases},
         "execute_ms_per_image": round(sum(execute_ms) / images, 3) if images else None,
+        # a stall inside our own code would show here; one outside it (Triton, the stub) would not
+        "execute_ms_p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
+        "execute_ms_max": round(ordered[-1], 3),
+        "slowest_execution": {k: rows[slowest][k] for k in rows[slowest]},
         "busy_share": [round(b, 3) if b is not None else None for b in busy],
     }
 
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
         before = json.loads(args.stats_before.read_text()) if args.stats_before else None
         theirs = triton_side(before, json.loads(args.stats_after.read_text()))
     report = {}
-    print(f"{'model':<24} {'img/exec':>8} {'triton queue':>12} {'in':>6} {'infer':>7} {'out':>6} {'execute':>8}"
+    print(f"{'model':<24} {'img/exec':>8} {'triton queue':>12} {'in':>6} {'infer':>7} {'out':>6} {'execute':>8} {'max':>8}"
           f" {'backend':>8} {'busy':>6}  phases (ms)")
     for model in sorted(set(ours) | set(theirs)):
         mine, triton = ours.get(model), theirs.get(model)

@@ -8,7 +8,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import postprocess_batch
+from yolo_triton.gpu import postprocess_batch, warm_up_postprocess
 from yolo_triton.postprocess import DetectionParams
 
 from . import postprocess as cpu
@@ -21,6 +21,11 @@ class TritonPythonModel(cpu.TritonPythonModel):
         super().initialize(args)
         self.device = pick_device(args)
         self.times = StepTimes(args["model_name"], ["inputs", "nms_to_host", "responses"])
+        if self.device.type == "cuda" and self.layout == specs.LAYOUT_RAW_GRID:
+            rows, width = self.detector_outputs[0].dims
+            rows = rows if rows > 0 else 25200  # a dynamic row count: YOLOv7-640's
+            with torch.inference_mode():
+                warm_up_postprocess(rows, width, self.input_size, self.device)
 
     def execute(self, requests):
         if self.layout != specs.LAYOUT_RAW_GRID:

@@ -8,7 +8,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import preprocess_batch
+from yolo_triton.gpu import preprocess_batch, warm_up_preprocess
 from yolo_triton.preprocess import ImageDecodeError
 
 from . import preprocess as cpu
@@ -24,6 +24,9 @@ class TritonPythonModel(cpu.TritonPythonModel):
         self.device = pick_device(args)
         self.torch_dtype = TORCH_DTYPES[np.dtype(self.image_dtype).name]
         self.times = StepTimes(args["model_name"], ["inputs", "decode_letterbox", "gpu_wait", "responses"])
+        if self.device.type == "cuda":
+            with torch.inference_mode():
+                warm_up_preprocess(self.target_hw, self.device, self.pad_value, self.limits, self.torch_dtype)
 
     def execute(self, requests):
         self.times.begin()
