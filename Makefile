@@ -32,9 +32,12 @@ END2END ?=
 # twin ensemble for `make bench` (CPU_TWIN=1), and the CUDA memory pool Triton hands GPU tensors through
 PREPOST ?=
 CPU_TWIN ?=
-# MPS=1: the server's CUDA contexts (one per Python step instance) share the GPU at once under a private CUDA MPS
-# daemon instead of taking turns (yolo_triton/mps.py; the fastest GPU set-up measured: MPS=1 GPU_INSTANCES=2)
-MPS ?= 0
+# MPS: the server's CUDA contexts (one per Python step instance) share the GPU at once under a private CUDA MPS
+# daemon instead of taking turns (yolo_triton/mps.py; the fastest GPU set-up measured: GPU_INSTANCES=2 with MPS;
+# without MPS, GPU_INSTANCES=1 was faster: set it with MPS=0).
+# auto (RUNTIME=torch): on where the host has a GPU and nvidia-cuda-mps-control, else off (said why); 1: on or
+# stop; 0: off. The other runtimes: off unless MPS=1
+MPS ?= auto
 # production: the model-repository, shared-memory, trace and logging APIs need the header admin-key (the key:
 # $TRITON_ADMIN_KEY, else build/admin-key, made on first use); open: nothing restricted (make bench needs it for
 # shared memory). TLS_CERT + TLS_KEY: TLS on gRPC, HTTPS on HTTPS_PORT; TLS_CLIENT_CA: mutual TLS
@@ -45,7 +48,7 @@ TLS_CLIENT_CA ?=
 HTTPS_PORT ?= 8443
 # GPU steps: instances per GPU, and which GPUs (comma-separated ids; empty: every GPU the server sees). The CUDA
 # memory pool is set on each visible GPU.
-GPU_INSTANCES ?= 1
+GPU_INSTANCES ?= 2
 GPUS ?=
 GPU_QUEUE_DELAY_US ?= 100
 CUDA_POOL_MIB ?= 4096
@@ -107,7 +110,7 @@ serve: build-engines
 	$(PY) tools/serve.py --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 	  --runtime $(RUNTIME) --plugin-mode $(PLUGIN_MODE) $(foreach plugin,$(PLUGINS),--plugin $(plugin)) --profile $(PROFILE) \
 	  $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY) --https-port $(HTTPS_PORT)) $(if $(TLS_CLIENT_CA),--tls-client-ca $(TLS_CLIENT_CA)) \
-	  $(if $(filter torch,$(RUNTIME)),--cuda-pool-mib $(CUDA_POOL_MIB)) $(if $(filter 1,$(MPS)),--mps)
+	  $(if $(filter torch,$(RUNTIME)),--cuda-pool-mib $(CUDA_POOL_MIB)) --mps $(if $(filter torch,$(RUNTIME)),$(or $(MPS),off),$(if $(filter 1 on,$(MPS)),on,off))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

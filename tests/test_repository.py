@@ -63,6 +63,7 @@ def test_gpu_placement_on_several_gpus(tmp_path):
         assert _groups(tmp_path, files, name)[0][1] == model_config_pb2_kind("KIND_CPU")
         assert delay(name) == spec.max_queue_delay_us, name
     every_gpu = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True))
+    # the library's default: 1 per GPU step on every GPU the server sees (the Makefile asks for 2, with MPS)
     assert _groups(tmp_path / "all", every_gpu, spec.name) == [(1, model_config_pb2_kind("KIND_GPU"), [])]
     for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}, {"gpu_queue_delay_us": -1}):
         with pytest.raises(ValueError):

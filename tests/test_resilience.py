@@ -391,7 +391,22 @@ def test_serve_mps_without_the_driver_says_so(repository, tmp_path):
     if any((Path(d) / mps.CONTROL).exists() for d in (*mps.DRIVER_BINARIES, *os.environ["PATH"].split(os.pathsep))):
         pytest.skip("this host has the MPS control binary")
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "serve.py"), "--repository", str(repository),
-                           "--profile", "open", "--mps"], capture_output=True, text=True, timeout=120)
+                           "--profile", "open", "--mps", "on"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "nvidia-cuda-mps-control is not on PATH" in done.stderr and "serve without MPS=1" in done.stderr
+    assert "nvidia-cuda-mps-control is not on PATH" in done.stderr and "serve with MPS=0" in done.stderr
     assert "Started GRPCInferenceService" not in done.stdout + done.stderr  # Triton never ran
+
+
+def test_serve_mps_auto_on_a_cpu_host_serves_without_it(repository, log_dir):
+    """`make serve RUNTIME=torch` (MPS=auto, the default) on a host without a GPU: served as usual, no daemon."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count():
+        pytest.skip("a GPU host: auto would start the daemon (tests/test_gpu.py covers MPS there)")
+    log = log_dir / "serve_mps_auto.log"
+    process, _ = start_serve(repository, log, "--profile", "open", "--mps", "auto")
+    try:
+        assert process.poll() is None
+    finally:
+        stop_serve(process)
+    text = log.read_text()
+    assert "MPS daemon on" not in text and "Started GRPCInferenceService" in text

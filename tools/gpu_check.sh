@@ -8,7 +8,7 @@
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
 # QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two
 # ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=1 serves with `tools/serve.py
-# --mps` (what `make serve MPS=1` runs: the steps' CUDA contexts share the GPU at once under a private MPS daemon).
+# --mps 1` (what `make serve MPS=1` runs: the steps' CUDA contexts share the GPU at once under a private MPS daemon).
 # GPU_INSTANCES and GPU_QUEUE_DELAY_US set the GPU steps (as the Makefile's variables). Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 start_server() {  # repository, log file, [GPU ids the server sees; default all]
   ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
     exec setsid python3 tools/serve.py --repository "$1" --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-      --profile open --cuda-pool-mib 4096 $([[ ${MPS:-0} == 1 ]] && echo --mps) > "$2" 2>&1 ) &
+      --profile open --cuda-pool-mib 4096 --mps ${MPS:-0} > "$2" 2>&1 ) &
   for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && return 0; sleep 1; done
   echo "server not ready"; tail -30 "$2"; return 1
 }
@@ -45,7 +45,7 @@ fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
   python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
-    --gpu-instances ${GPU_INSTANCES:-1} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} \
+    --gpu-instances ${GPU_INSTANCES:-2} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
@@ -94,7 +94,7 @@ if [[ $what == steps ]]; then
   for delay in ${QUEUE_DELAYS:-100 1000}; do
     repo=/tmp/steps_repository_$delay; times=/tmp/steps_times_$delay; rm -rf $times
     python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-1} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
+      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-2} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
     YOLO_TRITON_STEP_TIMES=$times start_server $repo /tmp/server_steps_$delay.log || exit 1
     python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
       > /tmp/stats_before_$delay.json

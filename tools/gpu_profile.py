@@ -7,6 +7,10 @@ Times (median of ``--repeats`` after warm-up, CUDA-synchronised) per batch size,
 random weights and photos from the scikit-image wheel as 640×480 JPEGs: decode (nvJPEG, one call per batch),
 preprocess (decode + letterbox into one FP16 batch), detector (FP16, channels_last, CUDA graph per bucket),
 postprocess (thresholds + NMS on the detector's output, boxes to the host). Writes gpu_profile.json.
+
+``--nvimgcodec`` also times NVIDIA's nvImageCodec batch decoder (``nvidia-nvimgcodec-cu13``, not a dependency:
+carry its wheel to the GPU machine) on the same JPEGs, images landing as CUDA tensors like torchvision's, and
+reports the largest pixel difference between the two decoders; where it cannot load, the reason is recorded.
 """
 from __future__ import annotations
 
@@ -40,11 +44,33 @@ def timed(function, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def nvimgcodec_decode():
+    """A function decoding a list of JPEG bytes to HWC uint8 CUDA tensors with nvImageCodec, or the reason why not."""
+    try:
+        from nvidia import nvimgcodec
+
+        decoder = nvimgcodec.Decoder()
+
+        def decode(items):
+            images = decoder.decode(list(items))
+            if any(image is None for image in images):
+                raise RuntimeError("nvImageCodec returned no image for some inputs")
+            return [torch.as_tensor(image, device="cuda") for image in images]
+
+        from bench import resized_jpegs
+
+        decode(resized_jpegs((640, 480))[:2])  # a missing nvJPEG library may show only at the first decode
+    except Exception as error:  # not installed, or its CUDA libraries not found: say which
+        return None, f"{type(error).__name__}: {error}"
+    return decode, None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/gpu_profile"))
+    parser.add_argument("--nvimgcodec", action="store_true", help="also time nvImageCodec's decoder")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -63,6 +89,7 @@ def main(argv=None) -> int:
     photos = resized_jpegs((640, 480))
     params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
     rows = []
+    nvimgcodec, nvimgcodec_error = nvimgcodec_decode() if args.nvimgcodec else (None, "not asked for")
     with torch.inference_mode():
         for batch in args.batches:
             items = [photos[i % len(photos)] for i in range(batch)]
@@ -76,11 +103,18 @@ def main(argv=None) -> int:
                 "detector_ms": timed(lambda: runner(tensor), args.repeats),
                 "postprocess_ms": timed(lambda: gpu.postprocess_batch(predictions, metas, [params] * batch), args.repeats),
             }
+            if nvimgcodec is not None:
+                ours = [image.permute(1, 2, 0) for image in gpu.decode_images(items, device)]  # CHW -> HWC
+                theirs = nvimgcodec(items)
+                row["nvimgcodec_max_level_difference"] = max(
+                    int((a.int() - b.int()).abs().max()) for a, b in zip(ours, theirs))
+                row["nvimgcodec_decode_ms"] = timed(lambda: nvimgcodec(items), args.repeats)
             row.update({f"{k[:-3]}_img_s": round(batch / row[k] * 1000, 1) for k in list(row) if k.endswith("_ms")})
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    (args.out / "gpu_profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows,
+                                                             "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
     return 0
 
 

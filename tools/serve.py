@@ -16,6 +16,7 @@ Python backend stub dies (Triton 2.51 would keep the model READY and fail that i
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,10 @@ def main() -> None:
                         help="a Python backend stub that dies: stop the server loudly (exit 3), or leave it be")
     parser.add_argument("--cuda-pool-mib", type=int, default=0,
                         help="Triton's CUDA memory pool on every visible GPU (GPU tensors between ensemble steps)")
-    parser.add_argument("--mps", action="store_true",
-                        help="run the server's CUDA contexts under a private CUDA MPS daemon (yolo_triton/mps.py)")
+    parser.add_argument("--mps", choices=("on", "off", "auto", "1", "0"), default="off",
+                        help="run the server's CUDA contexts under a private CUDA MPS daemon (yolo_triton/mps.py): "
+                             "on (stop if it cannot start), auto (on where a GPU and the daemon are, else off, said "
+                             "why), off")
     parser.add_argument("extra", nargs="*", help="more tritonserver flags, after --")
     args = parser.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -101,18 +104,44 @@ def main() -> None:
                            [*plugin_flags, *pool_flags, *shown_flags, *args.extra])
     env = {**install.env(), **plugin_env}
     print("+ " + " ".join(f"{k}={v}" for k, v in plugin_env.items()) + (" " if plugin_env else "") + " ".join(shown), flush=True)
-    if not args.mps:
-        sys.exit(supervise_with_tls(command, env, args))
+    # until supervise installs its own handlers, a SIGTERM/SIGHUP still unwinds through the finally below, so the
+    # MPS daemon never outlives serve (SIGKILL aside)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda number, _frame: sys.exit(128 + number))
+    daemon = None
+    try:
+        daemon = start_mps({"1": "on", "0": "off"}.get(args.mps, args.mps))
+        code = supervise_with_tls(command, {**env, **daemon.env()} if daemon else env, args)
+    finally:
+        if daemon:
+            daemon.stop()
+    sys.exit(code)
+
+
+def start_mps(mode: str):
+    """The private MPS daemon for ``--mps on|auto``, or None. ``on`` stops serve where it cannot start; ``auto``
+    uses it where this host has a GPU and the daemon, and otherwise serves without it, saying why."""
+    if mode == "off":
+        return None
+    if mode == "auto" and not visible_gpus():
+        return None  # a CPU host: nothing to share
     try:
         daemon = MPSDaemon().start()
     except MPSUnavailable as error:
-        raise SystemExit(f"serve: {error}") from None
-    print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']})", flush=True)
+        if mode == "on":
+            raise SystemExit(f"serve: {error}") from None
+        print(f"serve: MPS=auto: serving without MPS: {error}", flush=True)
+        return None
+    print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']}); MPS=0 serves without it", flush=True)
+    return daemon
+
+
+def visible_gpus() -> int:
     try:
-        code = supervise_with_tls(command, {**env, **daemon.env()}, args)
-    finally:
-        daemon.stop()
-    sys.exit(code)
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
 
 
 def security_flags(args):

@@ -41,7 +41,9 @@ class Placement:
     gpu: bool = False
     cpu_twin: bool = False
     half: bool = True  # RUNTIME=torch on a GPU: FP16 weights and activations (False: FP32)
-    gpu_instances: int = 1  # measured on an H200: 2 per step (6 CUDA contexts time-sharing one GPU) was slower, README
+    # 1 where nothing says MPS is on (6 CUDA contexts taking turns were slower: 466 against 505 img/s on an H200);
+    # the Makefile asks for 2, the best under MPS, which `make serve` uses by default (855 against 783) — README
+    gpu_instances: int = 1
     gpus: Tuple[int, ...] = ()
     # On a GPU a step takes milliseconds, not the CPU's hundreds: the batcher waits less for company
     gpu_queue_delay_us: int = 100

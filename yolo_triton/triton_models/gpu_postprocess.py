@@ -24,6 +24,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
         if self.device.type == "cuda" and self.layout == specs.LAYOUT_RAW_GRID:
             rows, width = self.detector_outputs[0].dims
             rows = rows if rows > 0 else 25200  # a dynamic row count: YOLOv7-640's
+            width = width if width > 0 else 5 + len(self.labels)
             with torch.inference_mode():
                 warm_up_postprocess(rows, width, self.input_size, self.device)
 
