@@ -217,3 +217,37 @@ def test_gpu_ensemble_under_mps(gpu_server, onnx_models, photos, tmp_path, monke
         shares.append(share)
     # not bit-identical: cuDNN's autotuner picks its algorithms per process (measured 0.89 for one photo here)
     assert np.mean(shares) >= 0.9 and min(shares) >= 0.8, shares
+
+
+def test_gpu_postprocess_huge_candidate_set_fails_alone(gpu_server, photos):
+    """conf_threshold 0 on a 16-image request makes every grid row an NMS candidate (SMALL: 16 × its rows); sent
+    beside normal requests, those are answered as alone, and the huge one is answered or fails by itself
+    with the named remedy — never the batch (the postprocess retries request by request when the batch fails)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonclient.utils import InferenceServerException
+
+    module, client = client_for(gpu_server, "grpc")
+    normal = [photos["rocket_jpg"], photos["chelsea_landscape_png"]]
+    alone = infer_images(module, client, SMALL.ensemble_name, normal)
+
+    def huge():
+        try:
+            return infer_images(module, client, SMALL.ensemble_name, [photos["coffee_landscape_jpg"]] * 16,
+                                parameters={"conf_threshold": 0.0})
+        except InferenceServerException as error:
+            assert "raise conf_threshold" in str(error), error
+            return None
+
+    with ThreadPoolExecutor(6) as pool:
+        big = pool.submit(huge)
+        beside = [pool.submit(infer_images, module, client, SMALL.ensemble_name, normal) for _ in range(4)]
+        results = [f.result() for f in beside]
+        big.result()
+    for result in results:  # answered as alone, within what another batch size does to the detector's arithmetic
+        for index in range(len(normal)):
+            n, m = int(alone["num_detections"][index, 0]), int(result["num_detections"][index, 0])
+            assert abs(n - m) <= max(3, 0.1 * n)
+            assert matched_share(result["boxes"][index, :m], result["classes"][index, :m],
+                                 alone["boxes"][index, :n], alone["classes"][index, :n]) >= 0.9
+    assert gpu_server.is_ready()
