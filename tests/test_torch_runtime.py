@@ -74,8 +74,11 @@ def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models,
             sent += count
         (tmp_path / "after.json").write_text(json.dumps(client.get_inference_statistics(as_json=True)))
     assert step_times.main([str(folder), "--skip-s", "0", "--stats-before", str(tmp_path / "before.json"),
-                            "--stats-after", str(tmp_path / "after.json"), "--out", str(tmp_path / "steps.json")]) == 0
-    report = json.loads((tmp_path / "steps.json").read_text())[spec.name]
+                            "--stats-after", str(tmp_path / "after.json"), "--server-log", str(tmp_path / "server.log"),
+                            "--out", str(tmp_path / "steps.json")]) == 0
+    whole = json.loads((tmp_path / "steps.json").read_text())
+    assert set(whole["server_log_pool_warnings"].values()) == {0}  # the log was read: a CPU server has no pool
+    report = whole[spec.name]
     ours, triton = report["execute"], report["triton"]
     assert ours["executions"] == triton["executions"] == 3  # requests sent one after another: one execute each
     assert round(ours["images_per_execution"] * ours["executions"]) == sent

@@ -104,10 +104,8 @@ if [[ $what == steps ]]; then
     grep -v "it/s\]" /tmp/steps_bench_$delay.log | grep -A30 "^config" | tee -a "$OUT/steps.log"
     cp /tmp/steps_bench_$delay/bench.json "$OUT/bench_$delay.json"
     python3 tools/step_times.py $times --stats-before /tmp/stats_before_$delay.json \
-      --stats-after /tmp/steps_bench_$delay/stats.json --out "$OUT/steps_$delay.json" | tee -a "$OUT/steps.log"
-    grep -c -e "falling back to pinned" -e "Failed to allocate memory from CUDA memory pool" \
-      -e "Failed to share CUDA memory pool" /tmp/server_steps_$delay.log | sed 's/^/memory pool warnings in the log: /' \
-      | tee -a "$OUT/steps.log"
+      --stats-after /tmp/steps_bench_$delay/stats.json --server-log /tmp/server_steps_$delay.log \
+      --out "$OUT/steps_$delay.json" | tee -a "$OUT/steps.log"
     stop_server /tmp/server_steps_$delay.log
   done
 fi

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import perf  # noqa: E402
 from bench import server_statistics  # noqa: E402
-from step_times import triton_side  # noqa: E402
-from yolo_triton.server import TritonServer, cuda_pool_flags  # noqa: E402
+from step_times import pool_warnings, triton_side  # noqa: E402
+from yolo_triton.server import TritonServer, cuda_pool_flags, visible_gpu_count  # noqa: E402
 
 # One file serves both steps of both placements; config parameters say which it is.
 STEP_CODE = '''
@@ -130,14 +130,6 @@ def check_answer(url: str, place: str, n: int) -> bool:
     return on_gpu
 
 
-def pool_warnings(log: Path) -> dict:
-    """Lines where the Python backend says it left the CUDA memory pool (host fallback, per-tensor CUDA IPC)."""
-    text = log.read_text(errors="replace") if log.exists() else ""
-    needles = ("falling back to pinned system memory", "Failed to allocate memory from CUDA memory pool",
-               "Failed to share CUDA memory pool")
-    return {needle: text.count(needle) for needle in needles}
-
-
 def plot(rows, path: Path) -> None:
     import matplotlib
 
@@ -174,12 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/handover"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
+    gpus = visible_gpu_count()
     places = args.places or (["gpu", "cpu"] if gpus else ["cpu"])
     if "gpu" in places and not gpus:
         parser.error("--places gpu needs a CUDA GPU and torch")

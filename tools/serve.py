@@ -27,7 +27,7 @@ from yolo_triton import security  # noqa: E402
 from yolo_triton.mps import MPSDaemon, MPSUnavailable  # noqa: E402
 from yolo_triton.repository import RUNTIMES  # noqa: E402
 from yolo_triton.server import (PLUGIN_MODES, PluginNotFound, cuda_pool_flags, declared_plugins, find_triton,  # noqa: E402
-                                plugin_launch, server_command)
+                                plugin_launch, server_command, visible_gpu_count)
 from yolo_triton.supervise import supervise  # noqa: E402
 
 
@@ -123,7 +123,7 @@ def start_mps(mode: str):
     uses it where this host has a GPU and the daemon, and otherwise serves without it, saying why."""
     if mode == "off":
         return None
-    if mode == "auto" and not visible_gpus():
+    if mode == "auto" and not visible_gpu_count():
         return None  # a CPU host: nothing to share
     try:
         daemon = MPSDaemon().start()
@@ -134,14 +134,6 @@ def start_mps(mode: str):
         return None
     print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']}); MPS=0 serves without it", flush=True)
     return daemon
-
-
-def visible_gpus() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count()
 
 
 def security_flags(args):

@@ -39,13 +39,14 @@ def read_rows(folder: Path, skip_s: float) -> Dict[str, List[List[dict]]]:
 
 def summarise_instances(instances: List[List[dict]]) -> dict:
     phases = [k for k in instances[0][0] if k not in ("start", "images")]
+    row_ms = lambda r: sum(float(r[p]) for p in phases)  # noqa: E731 — one execute, all its phases
     rows = [r for rows in instances for r in rows]
-    execute_ms = [sum(float(r[p]) for p in phases) for r in rows]
+    execute_ms = [row_ms(r) for r in rows]
     images = sum(int(r["images"]) for r in rows)
     busy = []
     for inst in instances:
         span = float(inst[-1]["start"]) - float(inst[0]["start"])
-        busy.append(sum(sum(float(r[p]) for p in phases) for r in inst[:-1]) / 1e3 / span if span > 0 else None)
+        busy.append(sum(row_ms(r) for r in inst[:-1]) / 1e3 / span if span > 0 else None)
     slowest = max(range(len(rows)), key=execute_ms.__getitem__)
     ordered = sorted(execute_ms)
     return {
@@ -96,12 +97,21 @@ def triton_side(before: Optional[dict], after: dict) -> Dict[str, dict]:
     return out
 
 
+def pool_warnings(log: Path) -> dict:
+    """Lines where the Python backend says it left the CUDA memory pool (host fallback, per-tensor CUDA IPC)."""
+    text = log.read_text(errors="replace")
+    needles = ("falling back to pinned system memory", "Failed to allocate memory from CUDA memory pool",
+               "Failed to share CUDA memory pool")
+    return {needle: text.count(needle) for needle in needles}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--stats-before", type=Path)
     parser.add_argument("--stats-after", type=Path)
     parser.add_argument("--skip-s", type=float, default=2.0, help="leave out executions of the first seconds (warm-up)")
+    parser.add_argument("--server-log", type=Path, help="the server's log: count its CUDA memory pool warnings")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -129,6 +139,9 @@ def main(argv=None) -> int:
               f" {fmt(t.get('queue_ms'), 12)} {fmt(t.get('compute_input_ms'), 6)} {fmt(t.get('compute_infer_ms'), 7)}"
               f" {fmt(t.get('compute_output_ms'), 6)} {fmt(m.get('execute_ms'), 8)}"
               f" {fmt(entry.get('backend_overhead_ms'), 8)} {fmt(busy, 6)}  {phases}")
+    if args.server_log:
+        report["server_log_pool_warnings"] = pool_warnings(args.server_log)
+        print("memory pool warnings in the server log:", json.dumps(report["server_log_pool_warnings"]))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     return 0 if report else 1

@@ -199,16 +199,20 @@ class StubWatchdog(threading.Thread):
         self._stop_event.set()
 
 
+def visible_gpu_count() -> int:
+    """CUDA GPUs this process sees (0 without torch: a CPU-only install)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
 def cuda_pool_flags(mib: int, gpu_count: Optional[int] = None) -> List[str]:
     """Triton's CUDA memory pool (what GPU tensors between ensemble steps are handed through) on every visible
     GPU: the flag is per GPU, and a GPU without a pool makes the Python backend copy its tensors via the host."""
     if gpu_count is None:
-        try:
-            import torch
-
-            gpu_count = torch.cuda.device_count()
-        except ImportError:
-            gpu_count = 0
+        gpu_count = visible_gpu_count()
     return [f"--cuda-memory-pool-byte-size={gpu}:{mib * 1024 * 1024}" for gpu in range(gpu_count)]
 
 

@@ -24,7 +24,6 @@ class StepTimes:
 
     def __init__(self, model_name: str, phases: List[str]):
         folder = os.environ.get(STEP_TIMES_ENV)
-        self.phases = phases
         self.file = None
         if folder:
             os.makedirs(folder, exist_ok=True)

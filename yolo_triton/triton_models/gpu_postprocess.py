@@ -47,38 +47,38 @@ class TritonPythonModel(cpu.TritonPythonModel):
             metas.append(meta)
             params += [request_params] * len(prediction)
         self.times.lap()
+        results = None
         if good:
             try:
                 with torch.inference_mode():
                     results = postprocess_batch(torch.cat(predictions), np.concatenate(metas), params)
             except RuntimeError:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
-                results = None
                 torch.cuda.empty_cache()
-            self.times.lap()
-            start = 0
-            for index, prediction, meta in zip(good, predictions, metas):
-                stop = start + len(prediction)
-                if results is None:  # the batch failed as a whole: each request alone, so only the culprit fails
-                    responses[index] = self._one_request(prediction, meta, params[start:stop])
-                else:
-                    responses[index] = pb_utils.InferenceResponse(
-                        output_tensors=cpu.pack_detections(results[start:stop], self.labels))
-                start = stop
-        else:
-            self.times.lap()
+        self.times.lap()
+        start = 0
+        for index, prediction, meta in zip(good, predictions, metas):
+            stop = start + len(prediction)
+            if results is None:  # the batch failed as a whole: each request alone, so only the culprit fails
+                responses[index] = self._answer_alone(prediction, meta, params[start:stop])
+            else:
+                responses[index] = self._answer(results[start:stop])
+            start = stop
         self.times.lap()
         self.times.end(len(params))
         return responses
 
-    def _one_request(self, prediction, meta, params):
+    def _answer(self, detections):
+        return pb_utils.InferenceResponse(output_tensors=cpu.pack_detections(detections, self.labels))
+
+    def _answer_alone(self, prediction, meta, params):
         try:
             with torch.inference_mode():
-                mine = postprocess_batch(prediction, meta, params)
+                detections = postprocess_batch(prediction, meta, params)
         except RuntimeError as error:
             torch.cuda.empty_cache()
             return error_response(f"postprocess failed for this request (raise conf_threshold: too many candidate "
                                   f"boxes): {str(error).splitlines()[0]}", pb_utils.TritonError.INTERNAL)
-        return pb_utils.InferenceResponse(output_tensors=cpu.pack_detections(mine, self.labels))
+        return self._answer(detections)
 
     def finalize(self):
         self.times.close()
