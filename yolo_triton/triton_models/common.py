@@ -2,14 +2,28 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from typing import Dict, List
 
 import triton_python_backend_utils as pb_utils
 
-logger = logging.getLogger("yolo_triton")
+
+
+class TritonLog:
+    """The models' log lines go to Triton's own log (``pb_utils.Logger``: the server's format, levels and file);
+    Python's logging would drop INFO lines and print the rest without the server's prefix."""
+
+    @staticmethod
+    def info(message: str, *args) -> None:
+        pb_utils.Logger.log_info(message % args if args else message)
+
+    @staticmethod
+    def warning(message: str, *args) -> None:
+        pb_utils.Logger.log_warn(message % args if args else message)
+
+
+logger = TritonLog()
 
 STEP_TIMES_ENV = "YOLO_TRITON_STEP_TIMES"  # a folder: each Python step instance writes its per-execute phase times
 
