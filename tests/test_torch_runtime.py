@@ -89,3 +89,41 @@ def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models,
     longest = max(rows, key=lambda r: sum(float(r[p]) for p in ("inputs", "infer", "responses")))
     assert ours["execute_ms_max"] == pytest.approx(sum(float(longest[p]) for p in ("inputs", "infer", "responses")), abs=2e-3)
     assert ours["slowest_execution"] == longest and ours["execute_ms"] <= ours["execute_ms_p99"] <= ours["execute_ms_max"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nms_chunks_cover_every_image_once_within_budget(seed):
+    """The GPU postprocess's NMS chunks (CPU arithmetic, no torchvision needed): consecutive, each image exactly
+    once, one IoU threshold per chunk, within the budget unless an image alone exceeds it, and no two
+    neighbouring chunks that could have been one."""
+    from yolo_triton.gpu import nms_chunks
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 120, 40).tolist()
+    thresholds = rng.choice([0.45, 0.45, 0.45, 0.6], 40).tolist()
+    budget = 150
+    chunks = nms_chunks(counts, thresholds, budget)
+    assert [i for a, b in chunks for i in range(a, b)] == list(range(len(counts)))
+    for start, stop in chunks:
+        assert len(set(thresholds[start:stop])) == 1
+        assert sum(counts[start:stop]) <= budget or stop - start == 1
+    for (a, b), _ in zip(chunks, chunks[1:]):  # greedy: the next image did not fit, or changed threshold
+        assert thresholds[b] != thresholds[a] or sum(counts[a : b + 1]) > budget
+    assert nms_chunks([], []) == []
+
+
+def test_top_candidates_per_image_as_the_cpu_sort():
+    """At most ``limit`` candidates per image, the best by score, ties in grid order: as the CPU path's
+    ``np.argsort(-scores, kind="stable")[:limit]`` image by image."""
+    from yolo_triton.gpu import top_candidates_per_image
+
+    rng = np.random.default_rng(0)
+    image_idx = np.sort(rng.integers(0, 6, 400))
+    scores = rng.integers(0, 50, 400).astype(np.float32) / 50  # many ties
+    counts = np.bincount(image_idx, minlength=7)
+    picked = top_candidates_per_image(torch.from_numpy(image_idx), torch.from_numpy(scores), torch.from_numpy(counts), 20).numpy()
+    expected = []
+    for image in range(7):
+        members = np.flatnonzero(image_idx == image)
+        expected.extend(members[np.argsort(-scores[members], kind="stable")][:20])
+    np.testing.assert_array_equal(picked, expected)

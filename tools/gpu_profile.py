@@ -8,9 +8,14 @@ random weights and photos from the scikit-image wheel as 640×480 JPEGs: decode 
 preprocess (decode + letterbox into one FP16 batch), detector (FP16, channels_last, CUDA graph per bucket),
 postprocess (thresholds + NMS on the detector's output, boxes to the host). Writes gpu_profile.json.
 
-``--nvimgcodec`` also times NVIDIA's nvImageCodec batch decoder (``nvidia-nvimgcodec-cu13``, not a dependency:
-carry its wheel to the GPU machine) on the same JPEGs, images landing as CUDA tensors like torchvision's, and
+``--nvimgcodec`` also times NVIDIA's nvImageCodec batch decoder (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``,
+not dependencies: carry their wheels to the GPU machine, install them with ``pip --target``, put that folder on
+PYTHONPATH and its ``nvidia/cu13/lib`` on LD_LIBRARY_PATH) on the same JPEGs, images landing as CUDA tensors like torchvision's, and
 reports the largest pixel difference between the two decoders; where it cannot load, the reason is recorded.
+
+``--compile default|max-autotune-no-cudagraphs`` puts the detector through ``torch.compile`` (Inductor fuses the
+activations and concatenations around cuDNN's convolutions) before the CUDA graphs are captured, and records the
+set-up time and the largest difference from the uncompiled detector; ``--steps detector`` times that step alone.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch  # noqa: E402
 
 from yolo_triton import gpu, specs  # noqa: E402
 from yolo_triton.postprocess import DetectionParams  # noqa: E402
+from yolo_triton.repository import TORCH_COMPILE_MODES  # noqa: E402
 
 
 def timed(function, repeats: int) -> float:
@@ -65,12 +71,19 @@ def nvimgcodec_decode():
     return decode, None
 
 
+STEPS = ("decode", "preprocess", "detector", "postprocess")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/gpu_profile"))
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="which steps to time")
     parser.add_argument("--nvimgcodec", action="store_true", help="also time nvImageCodec's decoder")
+    parser.add_argument("--compile", default="off", choices=TORCH_COMPILE_MODES,
+                        help="the detector through torch.compile (Inductor) before its CUDA graphs are captured; its "
+                             "output is compared with the uncompiled detector's")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -85,7 +98,11 @@ def main(argv=None) -> int:
     model = create_onnx.build_detector(spec, None, seed=0)
     model.fuse()
     model = gpu.prepare_for_gpu(model, device, torch.float16)
-    runner = gpu.GraphRunner(model, (3, *spec.input_size), max(args.batches), device, torch.float16)
+    started = time.perf_counter()
+    runner = gpu.GraphRunner(gpu.compile_detector(model, args.compile, len(set(args.batches))), (3, *spec.input_size),
+                             max(args.batches), device, torch.float16, buckets=args.batches)
+    setup_s = time.perf_counter() - started
+    print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; CUDA graphs for {runner.buckets})", flush=True)
     photos = resized_jpegs((640, 480))
     params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
     rows = []
@@ -95,14 +112,18 @@ def main(argv=None) -> int:
             items = [photos[i % len(photos)] for i in range(batch)]
             tensor, metas, _ = gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16)
             predictions = runner(tensor)
-            row = {
-                "batch": batch,
-                "decode_ms": timed(lambda: gpu.decode_images(items, device), args.repeats),
-                "preprocess_ms": timed(lambda: gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
-                                       args.repeats),
-                "detector_ms": timed(lambda: runner(tensor), args.repeats),
-                "postprocess_ms": timed(lambda: gpu.postprocess_batch(predictions, metas, [params] * batch), args.repeats),
+            row = {"batch": batch}
+            if args.compile != "off":  # same input through the uncompiled network, eager
+                eager = model(tensor.contiguous(memory_format=torch.channels_last)).float()
+                row["compiled_max_abs_diff_over_max"] = float((predictions - eager).abs().max() / eager.abs().max())
+            timings = {
+                "decode": lambda: gpu.decode_images(items, device),
+                "preprocess": lambda: gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
+                "detector": lambda: runner(tensor),
+                "postprocess": lambda: gpu.postprocess_batch(predictions, metas, [params] * batch),
             }
+            for step in args.steps:
+                row[f"{step}_ms"] = timed(timings[step], args.repeats)
             if nvimgcodec is not None:
                 ours = [image.permute(1, 2, 0) for image in gpu.decode_images(items, device)]  # CHW -> HWC
                 theirs = nvimgcodec(items)
@@ -113,8 +134,9 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows,
-                                                             "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
+    (args.out / "gpu_profile.json").write_text(json.dumps({
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
+        "detector_setup_s": round(setup_s, 1), "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
     return 0
 
 
