@@ -35,7 +35,7 @@ for path in (REPO_ROOT, REPO_ROOT / "build"):  # the yolo_triton package; add_nm
         sys.path.insert(0, str(path))
 
 from yolo_triton import specs  # noqa: E402
-from yolo_triton.repository import RUNTIMES, Placement, write_repository  # noqa: E402
+from yolo_triton.repository import RUNTIMES, TORCH_COMPILE_MODES, Placement, write_repository  # noqa: E402
 
 # what an exported artifact depends on besides the user's files
 EXPORTER_SOURCES = ("build/create_onnx.py", "yolo_triton/specs.py", "yolo_triton/models/yolov7.py",
@@ -214,6 +214,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="instances of each GPU step (detector, GPU pre/post) per GPU")
     placement.add_argument("--gpu-queue-delay-us", type=int, default=Placement.gpu_queue_delay_us,
                            help="dynamic batcher delay of the GPU steps, microseconds (CPU steps: the spec's)")
+    placement.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES, default=Placement.torch_compile,
+                           help="RUNTIME=torch on a GPU: the detector through torch.compile at load (off: load fast)")
     placement.add_argument("--gpus", default="", help="GPU ids for the GPU steps, e.g. 0,1 (default: every GPU the server sees)")
     trt = parser.add_argument_group("RUNTIME=tensorrt")
     trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
@@ -238,7 +240,7 @@ def placement_for(args: argparse.Namespace) -> Placement:
     prepost = args.prepost or ("gpu" if args.runtime == "torch" and gpu else "cpu")
     gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip())
     return Placement(prepost=prepost, gpu=gpu, cpu_twin=args.cpu_twin, gpu_instances=args.gpu_instances, gpus=gpus,
-                     gpu_queue_delay_us=args.gpu_queue_delay_us)
+                     gpu_queue_delay_us=args.gpu_queue_delay_us, torch_compile=args.torch_compile)
 
 
 def main(argv=None) -> int:

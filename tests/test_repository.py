@@ -54,18 +54,22 @@ def test_gpu_placement_on_several_gpus(tmp_path):
 
     spec = specs.YOLOV7
     files = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True, cpu_twin=True, gpu_instances=3, gpus=(0, 1),
-                                                      gpu_queue_delay_us=750))
+                                                      gpu_queue_delay_us=750, torch_compile="off"))
     delay = lambda name: read_model_config(tmp_path / name / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds  # noqa: E731
     for name in (spec.preprocess_name, spec.name, spec.postprocess_name):
         assert _groups(tmp_path, files, name) == [(3, model_config_pb2_kind("KIND_GPU"), [0, 1])], name
         assert delay(name) == 750, name
+    parameter = lambda name, key: read_model_config(tmp_path / name / "config.pbtxt").parameters[key].string_value  # noqa: E731
+    assert parameter(spec.name, "torch_compile") == "off"
     for name in (spec.preprocess_name + "_cpu", spec.postprocess_name + "_cpu"):
         assert _groups(tmp_path, files, name)[0][1] == model_config_pb2_kind("KIND_CPU")
         assert delay(name) == spec.max_queue_delay_us, name
     every_gpu = repository_files(spec, "torch", Placement(prepost="gpu", gpu=True))
     # the library's default: 1 per GPU step on every GPU the server sees (the Makefile asks for 2, with MPS)
     assert _groups(tmp_path / "all", every_gpu, spec.name) == [(1, model_config_pb2_kind("KIND_GPU"), [])]
-    for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}, {"gpu_queue_delay_us": -1}):
+    assert parameter("all/" + spec.name, "torch_compile") == "default"  # the library's default too
+    for bad in ({"gpu_instances": 0}, {"gpus": (0, 0)}, {"gpus": (-1,)}, {"gpu_queue_delay_us": -1},
+                {"torch_compile": "reduce-overhead"}):
         with pytest.raises(ValueError):
             Placement(prepost="gpu", gpu=True, **bad)
 

@@ -9,7 +9,7 @@
 # QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two
 # ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=1 serves with `tools/serve.py
 # --mps 1` (what `make serve MPS=1` runs: the steps' CUDA contexts share the GPU at once under a private MPS daemon).
-# GPU_INSTANCES and GPU_QUEUE_DELAY_US set the GPU steps (as the Makefile's variables). Logs and results go to $OUT (or build/gpu_check).
+# GPU_INSTANCES, GPU_QUEUE_DELAY_US and TORCH_COMPILE set the GPU steps (as the Makefile's variables). Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -45,7 +45,7 @@ fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
   python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
-    --gpu-instances ${GPU_INSTANCES:-2} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} \
+    --gpu-instances ${GPU_INSTANCES:-2} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} --torch-compile ${TORCH_COMPILE:-default} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
@@ -94,7 +94,7 @@ if [[ $what == steps ]]; then
   for delay in ${QUEUE_DELAYS:-100 1000}; do
     repo=/tmp/steps_repository_$delay; times=/tmp/steps_times_$delay; rm -rf $times
     python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-2} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
+      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-2} --torch-compile ${TORCH_COMPILE:-default} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
     YOLO_TRITON_STEP_TIMES=$times start_server $repo /tmp/server_steps_$delay.log || exit 1
     python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
       > /tmp/stats_before_$delay.json

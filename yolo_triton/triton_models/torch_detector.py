@@ -1,19 +1,21 @@
 """Detector for RUNTIME=torch: our own PyTorch YOLOv7 / YOLOv4 modules, for GPU hosts without TensorRT.
 
 The weights are the artifact ``build/create_onnx.py --save-torch`` wrote next to the ONNX (same network). On a
-GPU instance: FP16, channels_last, cuDNN autotuning, and one CUDA graph per batch bucket (1, 2, 4, … up to
-max_batch_size; a batch runs in the smallest bucket that holds it), captured at load so that no request pays
-for it. On a CPU instance (a host without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack,
+GPU instance: FP16, channels_last, cuDNN autotuning, ``torch.compile`` (parameter torch_compile, which our configs
+always set; a config without it loads uncompiled, fast; if compiling fails, the uncompiled network, with a warning) and one CUDA graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch
+runs in the smallest bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack,
 so a GPU preprocess hands its tensor over without a host copy. Output: FP32 raw grid, as the ONNX's.
 """
 from __future__ import annotations
 
 import os
+import time
+
 import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import GraphRunner, prepare_for_gpu
+from yolo_triton.gpu import GraphRunner, batch_buckets, compile_detector, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
 from .common import StepTimes, config_parameters, error_response, logger, parse_model_config
@@ -35,12 +37,28 @@ class TritonPythonModel:
         half = gpu and params.get("half", "true") == "true"
         self.dtype = torch.float16 if half else torch.float32
         self.model = model = prepare_for_gpu(model, self.device, self.dtype) if gpu else model.to(self.device)
-        self.runner = None
+        self.runner, self.compiled = None, "off"
         if gpu and params.get("cuda_graphs", "true") == "true":
-            self.runner = GraphRunner(model, (3, *spec.input_size), self.max_batch_size, self.device, self.dtype)
-        logger.info("%s: %s on %s, %s, CUDA graphs %s", args["model_name"], spec.name, self.device, self.dtype,
-                    self.runner.buckets if self.runner else "off")
+            self.runner, self.compiled = self._capture(model, spec, params.get("torch_compile", "off"), args["model_name"])
+        logger.info("%s: %s on %s, %s, torch.compile %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
+                    self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
         self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"])
+
+    def _capture(self, model, spec, mode: str, name: str):
+        """CUDA graphs per batch bucket of the compiled detector (mode ≠ "off"), else of the detector as is."""
+        shape, started = (3, *spec.input_size), time.perf_counter()
+        if mode != "off":
+            try:
+                compiled = compile_detector(model, mode, len(batch_buckets(self.max_batch_size)))
+                runner = GraphRunner(compiled, shape, self.max_batch_size, self.device, self.dtype)
+                logger.info("%s: torch.compile (%s) and CUDA graphs ready in %.0f s", name, mode, time.perf_counter() - started)
+                return runner, mode
+            except Exception as error:  # e.g. no C compiler for Inductor's kernels: serve uncompiled, slower, and say so
+                # the last line says why (Inductor's first line is often just "backend='inductor' raised:")
+                reason = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+                logger.warning("%s: torch.compile (%s) failed, serving the uncompiled detector: %s", name, mode, reason[-1])
+                torch._dynamo.reset()
+        return GraphRunner(model, shape, self.max_batch_size, self.device, self.dtype), "off"
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, dtype=self.dtype, non_blocking=True)
