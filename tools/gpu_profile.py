@@ -10,8 +10,9 @@ postprocess (thresholds + NMS on the detector's output, boxes to the host). Writ
 
 ``--nvimgcodec`` also times NVIDIA's nvImageCodec batch decoder (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``,
 not dependencies: carry their wheels to the GPU machine, install them with ``pip --target``, put that folder on
-PYTHONPATH and its ``nvidia/cu13/lib`` on LD_LIBRARY_PATH) on the same JPEGs, images landing as CUDA tensors like torchvision's, and
-reports the largest pixel difference between the two decoders; where it cannot load, the reason is recorded.
+PYTHONPATH and its ``nvidia/cu13/lib`` on LD_LIBRARY_PATH) on the same JPEGs, images landing as CUDA tensors like
+torchvision's, and reports the largest pixel difference between the two decoders; where it cannot load, the reason
+is recorded.
 
 ``--compile default|max-autotune-no-cudagraphs`` puts the detector through ``torch.compile`` (Inductor fuses the
 activations and concatenations around cuDNN's convolutions) before the CUDA graphs are captured, and records the

@@ -9,7 +9,6 @@ from typing import Dict, List
 import triton_python_backend_utils as pb_utils
 
 
-
 class TritonLog:
     """The models' log lines go to Triton's own log (``pb_utils.Logger``: the server's format, levels and file);
     Python's logging would drop INFO lines and print the rest without the server's prefix."""

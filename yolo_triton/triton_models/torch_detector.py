@@ -2,9 +2,11 @@
 
 The weights are the artifact ``build/create_onnx.py --save-torch`` wrote next to the ONNX (same network). On a
 GPU instance: FP16, channels_last, cuDNN autotuning, ``torch.compile`` (parameter torch_compile, which our configs
-always set; a config without it loads uncompiled, fast; if compiling fails, the uncompiled network, with a warning) and one CUDA graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch
-runs in the smallest bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack,
-so a GPU preprocess hands its tensor over without a host copy. Output: FP32 raw grid, as the ONNX's.
+always set; a config without it loads uncompiled, fast; if compiling fails, the uncompiled network, with a
+warning) and one CUDA graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
+bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host
+without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a GPU preprocess hands its tensor
+over without a host copy. Output: FP32 raw grid, as the ONNX's.
 """
 from __future__ import annotations
 
