@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build stage 1b (optional): a raw-grid ONNX → an end2end ONNX whose NMS runs inside the TensorRT engine.
 
-    python build/add_nms.py --onnx build/artifacts/yolov7.onnx --output build/artifacts/yolov7-end2end.onnx \
+    python -m build.add_nms --onnx build/artifacts/yolov7.onnx --output build/artifacts/yolov7-end2end.onnx \
         --conf 0.25 --iou 0.45 --top-k 100
 
 Appends to the graph what the official ``export.py --end2end`` puts there: scores = objectness × class scores,
@@ -15,17 +15,12 @@ checker and shape inference; the engine built from it has not been run here (no 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from yolo_triton import specs  # noqa: E402
+from yolo_triton import errors, specs
 
 NMS_OP = "EfficientNMS_TRT"
 NMS_DOMAIN = "TRT"  # as the official export (torch's g.op("TRT::EfficientNMS_TRT")); TensorRT finds plugins by name
@@ -94,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(errors.run(main, "add_nms"))

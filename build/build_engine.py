@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Build stage 2: ONNX → TensorRT plan, with the TensorRT Python API (ONNX parser).
 
-    python build/build_engine.py --onnx build/artifacts/yolov7.onnx --engine model_repository/yolov7/1/model.plan
-    python build/build_engine.py --onnx ... --engine ... --precision int8 --calib-images photos/ --calib-cache build/trt/yolov7.calib
+    python -m build.build_engine --onnx build/artifacts/yolov7.onnx --engine model_repository/yolov7/1/model.plan
+    python -m build.build_engine --onnx ... --engine ... --precision int8 --calib-images photos/ --calib-cache build/artifacts/trt/yolov7.calib
 
 Precision fp32 | fp16 (default) | int8 (entropy calibration over a folder of the user's images, preprocessed by
-the same code as the server: yolo_triton.preprocess); one dynamic-batch optimisation profile (min/opt/max,
+the same code as the server: yolo_triton.pipeline.preprocess); one dynamic-batch optimisation profile (min/opt/max,
 default 1/8/32); a timing cache kept under build/ so that rebuilds are fast; a workspace limit; progress shown.
 The plan is written to a temporary name and renamed when complete: a failed build never leaves a plan behind.
 
@@ -25,11 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 LOGGER = logging.getLogger("yolo_triton.build_engine")
 
@@ -62,7 +58,7 @@ class BuildSettings:
     opt_batch: int = 8
     max_batch: int = 32
     workspace_mib: int = 4096
-    timing_cache: Optional[Path] = Path("build/trt/timing.cache")
+    timing_cache: Optional[Path] = Path("build/artifacts/trt/timing.cache")
     plugins: Sequence[Path] = ()
     calib_images: Optional[Path] = None
     calib_cache: Optional[Path] = None
@@ -91,7 +87,7 @@ def calibration_files(folder: Path, limit: int) -> List[Path]:
 
 def calibration_batches(files: Sequence[Path], input_hw, batch: int, pad_value: int = 114):
     """FP32 NCHW batches preprocessed exactly as the server preprocesses requests (decode, letterbox, scale)."""
-    from yolo_triton.preprocess import preprocess_image
+    from yolo_triton.pipeline.preprocess import preprocess_image
 
     for start in range(0, len(files) - batch + 1, batch):  # a partial last batch is dropped: TensorRT wants full ones
         tensors = [preprocess_image(Path(f).read_bytes(), input_hw, pad_value)[0] for f in files[start : start + batch]]
@@ -277,7 +273,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
     parser.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=(1, 8, 32))
     parser.add_argument("--workspace-mib", type=int, default=4096)
-    parser.add_argument("--timing-cache", type=Path, default=Path("build/trt/timing.cache"))
+    parser.add_argument("--timing-cache", type=Path, default=Path("build/artifacts/trt/timing.cache"))
     parser.add_argument("--plugin", type=Path, action="append", default=[], help="plugin library to load (repeatable)")
     parser.add_argument("--calib-images", type=Path, help="int8: folder of representative images")
     parser.add_argument("--calib-cache", type=Path, help="int8: calibration cache to read/write")

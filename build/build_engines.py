@@ -5,11 +5,15 @@ For RUNTIME=onnxruntime each model's ONNX comes from one of (first that applies)
 
     ONNX_<model>=path.onnx      an ONNX the user exported already (official yolov7 export.py: raw --grid, or
                                 --end2end which needs RUNTIME=tensorrt); inspected and checked, then used as is
-    WEIGHTS_<model>=path        real weights: yolov7 .pt (official checkpoint or our state dict), darknet .weights
-                                for yolov4 (with CFG_<model>=yolov4.cfg, else the built-in cfg)
-    (nothing)                   seeded RANDOM weights (SEED), loudly marked as such
+    WEIGHTS_<model>=path        real weights: yolov7 .pt (official checkpoint, whose width, anchors and class names
+                                the model takes; or our state dict), darknet .weights for yolov4 (with
+                                CFG_<model>=yolov4.cfg, else the built-in cfg)
+    (nothing)                   seeded RANDOM weights (--seed), loudly marked as such
 
-For RUNTIME=tensorrt that ONNX (optionally with NMS appended: END2END, build/add_nms.py) is then built into
+LABELS_<model>=names.txt (one class name a line, as darknet's .names) gives the class names where the files do not
+(an ONNX, a darknet model, a state dict); the default is the spec's COCO-80.
+
+For RUNTIME=tensorrt that ONNX (optionally with NMS appended: --end2end, build/add_nms.py) is then built into
 ``<repository>/<model>/1/model.plan`` by build/build_engine.py — here if ``import tensorrt`` works, else in the
 NGC TensorRT container (deploy/ngc.env) if docker with GPUs is available, else it stops with both options.
 
@@ -29,17 +33,16 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for path in (REPO_ROOT, REPO_ROOT / "build"):  # the yolo_triton package; add_nms.py next to this file
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from yolo_triton import errors, specs
+from yolo_triton.placement import DEVICES, PREPOST, PRESETS, RUNTIMES, TORCH_COMPILE_MODES, Placement
+from yolo_triton.repository import write_repository
 
-from yolo_triton import specs  # noqa: E402
-from yolo_triton.repository import RUNTIMES, TORCH_COMPILE_MODES, Placement, write_repository  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # what an exported artifact depends on besides the user's files
 EXPORTER_SOURCES = ("build/create_onnx.py", "yolo_triton/specs.py", "yolo_triton/models/yolov7.py",
-                    "yolo_triton/models/darknet.py", "yolo_triton/models/checkpoint.py",
+                    "yolo_triton/models/yolov7_layers.py", "yolo_triton/models/darknet.py",
+                    "yolo_triton/models/darknet_cfg.py", "yolo_triton/models/checkpoint.py",
                     "yolo_triton/models/torch_artifact.py")
 
 
@@ -63,7 +66,16 @@ def exporter_hash() -> str:
 
 
 def user_inputs(model: str, env: Dict[str, str]) -> Dict[str, Optional[str]]:
-    return {key: env.get(f"{key}_{model}") or None for key in ("ONNX", "WEIGHTS", "CFG")}
+    return {key: env.get(f"{key}_{model}") or None for key in ("ONNX", "WEIGHTS", "CFG", "LABELS")}
+
+
+def read_labels(path: str) -> tuple:
+    """Class names, one a line (darknet's .names, a labels.txt); blank lines skipped."""
+    _file_state(path)
+    names = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+    if not names:
+        raise SystemExit(f"build-engines: {path} holds no class names (one a line)")
+    return names
 
 
 def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str, str]) -> Path:
@@ -79,6 +91,7 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         "model": spec.name,
         "weights": _file_state(inputs["WEIGHTS"]),
         "cfg": _file_state(inputs["CFG"]),
+        "labels": _file_state(inputs["LABELS"]),
         "seed": None if inputs["WEIGHTS"] else seed,
         "exporter": exporter_hash(),
     }
@@ -87,18 +100,20 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         print(f"{spec.name}: {output} is up to date")
         return output
     # the torch artifact (RUNTIME=torch) is written with the ONNX, from the same weights, every time
-    command = [sys.executable, str(REPO_ROOT / "build" / "create_onnx.py"), "--model", spec.name, "--output", str(output),
+    command = [sys.executable, "-m", "build.create_onnx", "--model", spec.name, "--output", str(output),
                "--save-torch", str(torch_artifact)]
     if inputs["WEIGHTS"]:
         command += ["--weights", inputs["WEIGHTS"]]
     else:
         command += ["--seed", str(seed)]
+    if inputs["LABELS"]:
+        command += ["--labels", inputs["LABELS"]]
     if inputs["CFG"]:
         if spec.family != "yolov4":
             raise SystemExit(f"build-engines: CFG_{spec.name} given, but {spec.name} is not built from a darknet cfg")
         command += ["--cfg", inputs["CFG"]]
     print("+ " + " ".join(command), flush=True)
-    if subprocess.run(command).returncode != 0:
+    if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
         raise SystemExit(f"build-engines: exporting {spec.name} failed")
     stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
     return output
@@ -108,18 +123,23 @@ def torch_artifact_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".pt")
 
 
-def spec_for_artifact(spec: specs.ModelSpec, onnx_path: Path, runtime: str) -> specs.ModelSpec:
-    """The spec as the ONNX really is (a user's file may differ in input size or layout), checked for the runtime."""
-    from yolo_triton import onnx_import
+def spec_for_artifact(spec: specs.ModelSpec, onnx_path: Path, runtime: str,
+                      labels_file: Optional[str] = None) -> specs.ModelSpec:
+    """The spec as the ONNX really is (a user's file may differ in input size, layout or classes), checked for the
+    runtime. Class names: ``labels_file``'s, else those our exporter wrote into the file, else the spec's."""
+    from yolo_triton.models import onnx_import
 
     info = onnx_import.inspect_onnx(onnx_path)
     # RUNTIME=torch serves our modules, not this ONNX; it must still be a layout onnxruntime could run
     onnx_import.check_for_runtime(info, "onnxruntime" if runtime == "torch" else runtime)
-    return onnx_import.spec_for_onnx(spec, info)
+    labels = read_labels(labels_file) if labels_file else None
+    if labels is None and "labels" in info.metadata:
+        labels = json.loads(info.metadata["labels"])
+    return onnx_import.spec_for_onnx(spec, info, labels=labels)
 
 
 def with_end2end_nms(onnx_path: Path, artifacts: Path, name: str, conf: float, iou: float, top_k: int) -> Path:
-    from add_nms import add_efficient_nms  # build/add_nms.py, next to this file
+    from build.add_nms import add_efficient_nms
 
     import onnx
 
@@ -166,11 +186,11 @@ def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path)
     if args.precision == "int8" and args.calib_images and calib_cache.exists():
         calib_cache.unlink()  # scales of another network or image set: calibrate again
     if tensorrt_available():
-        command = [sys.executable, str(REPO_ROOT / "build" / "build_engine.py"), *builder_args]
+        command = [sys.executable, "-m", "build.build_engine", *builder_args]
     else:
-        from yolo_triton import deploy
+        from yolo_triton.serving import docker
 
-        why_not = deploy.docker_status()
+        why_not = docker.docker_status()
         if why_not:
             raise SystemExit(
                 "build-engines RUNTIME=tensorrt: TensorRT is not importable here, and the NGC container cannot run "
@@ -183,14 +203,14 @@ def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path)
                 raise SystemExit(f"build-engines: {path} must lie inside {REPO_ROOT} to be built in the container")
         (args.artifacts / "trt").mkdir(parents=True, exist_ok=True)  # made by us, not by the container's user
         plan.parent.mkdir(parents=True, exist_ok=True)
-        image, build_image = deploy.builder_image()
+        image, build_image = docker.builder_image()
         print("+ " + " ".join(build_image), flush=True)
         if subprocess.run(build_image).returncode != 0:
             raise SystemExit("build-engines: building the builder image failed")
-        command = deploy.docker_build_engine_command([str(Path(a).resolve()) if Path(a).exists() else a
+        command = docker.docker_build_engine_command([str(Path(a).resolve()) if Path(a).exists() else a
                                                       for a in builder_args], image)
     print("+ " + " ".join(command), flush=True)
-    if subprocess.run(command).returncode != 0:
+    if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
         raise SystemExit(f"build-engines: building the TensorRT plan for {spec.name} failed; no plan was written")
     stamp_path.parent.mkdir(parents=True, exist_ok=True)
     stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
@@ -200,23 +220,24 @@ def build_plan(args: argparse.Namespace, spec: specs.ModelSpec, onnx_path: Path)
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(specs.DEFAULT_MODELS), choices=sorted(specs.SPECS))
-    parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="the preset (yolo_triton/placement.py)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="the detector's runtime (default: the preset's)")
     parser.add_argument("--artifacts", type=Path, default=Path("build/artifacts"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--seed", type=int, default=0)
-    placement = parser.add_argument_group("where the steps run")
-    placement.add_argument("--prepost", choices=("cpu", "gpu"), default=None,
-                           help="pre/post on the CPU or the GPU (default: gpu for RUNTIME=torch on a CUDA host, else cpu)")
-    placement.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                           help="Python-backend detectors (onnxruntime, torch) on KIND_GPU or KIND_CPU; auto: GPU if CUDA")
-    placement.add_argument("--cpu-twin", action="store_true", help="also <model>_e2e_cpu: CPU pre/post, same detector")
-    placement.add_argument("--gpu-instances", type=int, default=Placement.gpu_instances,
-                           help="instances of each GPU step (detector, GPU pre/post) per GPU")
-    placement.add_argument("--gpu-queue-delay-us", type=int, default=Placement.gpu_queue_delay_us,
-                           help="dynamic batcher delay of the GPU steps, microseconds (CPU steps: the spec's)")
-    placement.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES, default=Placement.torch_compile,
+    parser.add_argument("--seed", type=int, default=0, help="of the random weights of a model given none")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODEL=PATH",
+                        help="a plugin library the detector MODEL needs (repeatable); `make serve` preloads it")
+    parser.add_argument("--configs-only", action="store_true",
+                        help="write the repository's configs from the specs, build no detector (`make repository`)")
+    placement = parser.add_argument_group("the preset's fields, one by one (default: the preset's)")
+    placement.add_argument("--prepost", choices=PREPOST, help="pre/post on the CPU or the GPU")
+    placement.add_argument("--cpu-twin", action="store_true", default=None,
+                           help="also <model>_e2e_cpu: CPU pre/post around the same detector")
+    placement.add_argument("--gpu-instances", type=int, help="instances of each GPU step per GPU")
+    placement.add_argument("--gpu-queue-delay-us", type=int, help="dynamic batcher delay of the GPU steps, microseconds")
+    placement.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES,
                            help="RUNTIME=torch on a GPU: the detector through torch.compile at load (off: load fast)")
-    placement.add_argument("--gpus", default="", help="GPU ids for the GPU steps, e.g. 0,1 (default: every GPU the server sees)")
+    placement.add_argument("--gpus", help="GPU ids for the GPU steps, e.g. 0,1 (default: every GPU the server sees)")
     trt = parser.add_argument_group("RUNTIME=tensorrt")
     trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     trt.add_argument("--min-batch", type=int, default=1)
@@ -231,42 +252,57 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def placement_for(args: argparse.Namespace) -> Placement:
-    cuda = False
-    if args.device == "auto" and args.runtime == "torch":
-        import torch
+    gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip()) if args.gpus else None
+    placement = PRESETS[args.device].replace(
+        runtime=args.runtime, prepost=args.prepost, cpu_twin=args.cpu_twin, gpu_instances=args.gpu_instances,
+        gpus=gpus, gpu_queue_delay_us=args.gpu_queue_delay_us, torch_compile=args.torch_compile)
+    if placement.runtime == "onnxruntime" and placement.gpu:
+        raise SystemExit("build-engines: the onnxruntime detector runs on the CPU; on a GPU use RUNTIME=torch "
+                         "(DEVICE=gpu's) or RUNTIME=tensorrt")
+    return placement
 
-        cuda = torch.cuda.is_available()
-    gpu = args.device == "gpu" or cuda
-    prepost = args.prepost or ("gpu" if args.runtime == "torch" and gpu else "cpu")
-    gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip())
-    return Placement(prepost=prepost, gpu=gpu, cpu_twin=args.cpu_twin, gpu_instances=args.gpu_instances, gpus=gpus,
-                     gpu_queue_delay_us=args.gpu_queue_delay_us, torch_compile=args.torch_compile)
+
+def plugins_by_model(items) -> Dict[str, tuple]:
+    plugins: Dict[str, tuple] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"build-engines: --plugin wants MODEL=PATH, got {item!r}")
+        plugins[name] = plugins.get(name, ()) + (str(Path(path).resolve()),)
+    return plugins
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     placement = placement_for(args)
+    plugins = plugins_by_model(args.plugin)
     model_specs, onnx_files, torch_files = [], {}, {}
     for name in args.models:
         spec = specs.get_spec(name)
+        if name in plugins:
+            spec = spec.with_overrides(plugins=plugins[name])
+        if args.configs_only:
+            model_specs.append(spec)
+            continue
         onnx_path = build_onnx(spec, args.artifacts, args.seed, dict(os.environ))
-        if args.runtime == "torch":
+        if placement.runtime == "torch":
             if user_inputs(name, dict(os.environ))["ONNX"]:
                 raise SystemExit(f"build-engines: RUNTIME=torch runs our PyTorch modules and needs weights "
                                  f"(WEIGHTS_{name}), not an ONNX (ONNX_{name})")
             torch_files[name] = torch_artifact_path(onnx_path)
-        if args.runtime == "tensorrt" and args.end2end:
+        if placement.runtime == "tensorrt" and args.end2end:
             onnx_path = with_end2end_nms(onnx_path, args.artifacts, name, args.nms_conf, args.nms_iou, args.nms_top_k)
-        spec = spec_for_artifact(spec, onnx_path, args.runtime)
-        if args.runtime == "tensorrt":
+        spec = spec_for_artifact(spec, onnx_path, placement.runtime, user_inputs(name, dict(os.environ))["LABELS"])
+        if placement.runtime == "tensorrt":
             build_plan(args, spec, onnx_path)
-        elif args.runtime == "onnxruntime":
+        elif placement.runtime == "onnxruntime":
             onnx_files[name] = onnx_path
         model_specs.append(spec)
-    write_repository(args.repository, model_specs, args.runtime, onnx_files, placement, torch_files)
-    print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} ({args.runtime}, {placement})")
+    write_repository(args.repository, model_specs, placement, onnx_files, torch_files)
+    print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} (RUNTIME={placement.runtime}, "
+          f"pre/post on the {placement.prepost.upper()})")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(errors.run(main, "build-engines"))

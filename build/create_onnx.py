@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Build stage 1: a YOLO detector spec -> a fused, checked ONNX file with a dynamic batch dimension.
 
-    python build/create_onnx.py --model yolov7 --output build/out/yolov7.onnx            # seeded random weights
-    python build/create_onnx.py --model yolov7 --weights yolov7.pt --output ...          # official checkpoint
-    python build/create_onnx.py --model yolov7 --weights yolov7_state.pt --output ...    # or our own state dict
-    python build/create_onnx.py --model yolov4 --weights yolov4.weights --output ...     # darknet weights
-    python build/create_onnx.py --model yolov4_tiny --cfg my-tiny.cfg --weights my-tiny.weights --output ...
+    python -m build.create_onnx --model yolov7 --output build/out/yolov7.onnx            # seeded random weights
+    python -m build.create_onnx --model yolov7 --weights yolov7.pt --output ...          # official checkpoint
+    python -m build.create_onnx --model yolov7 --weights yolov7_state.pt --output ...    # or our own state dict
+    python -m build.create_onnx --model yolov4 --weights yolov4.weights --output ...     # darknet weights
+    python -m build.create_onnx --model yolov4_tiny --cfg my-tiny.cfg --weights my-tiny.weights --output ...
 
 The yolov4 family (``yolov4``, ``yolov4_tiny``) is built from a darknet cfg (``--cfg``, or the built-in
-generator of the spec's ``darknet_cfg``) by ``yolo_triton.models.darknet`` and takes darknet ``.weights``;
+generator of the spec's ``architecture``) by ``yolo_triton.models.darknet`` and takes darknet ``.weights``;
 ``--save-darknet-weights`` writes the (random) weights in that format.
 
 The ONNX graph takes ``images`` FP32 [N, 3, H, W] (RGB, 0..1, letterboxed) and returns ``output`` FP32
@@ -27,25 +27,19 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
-# Run as ``python build/create_onnx.py`` from the repo root, Python puts build/ (this file's folder), not the
-# repo root, on sys.path; the ``yolo_triton`` package lives in the repo root, so add it.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import onnx
+import torch
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
-
-from yolo_triton import specs  # noqa: E402
-from yolo_triton.models.torch_artifact import save_torch_artifact  # noqa: E402
-from yolo_triton.models import darknet  # noqa: E402
-from yolo_triton.models.yolov7 import (  # noqa: E402
+from yolo_triton import errors, specs
+from yolo_triton.models.torch_artifact import save_torch_artifact
+from yolo_triton.models import darknet
+from yolo_triton.models.yolov7 import (
     RANDOM_WEIGHTS_WARNING,
     build_model,
     init_random_weights,
-    load_weights,
+    model_from_weights,
     save_weights,
 )
 
@@ -83,6 +77,7 @@ def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
         "strides": json.dumps(list(spec.strides)),
         "anchors": json.dumps([list(a) for a in spec.anchors]),
         "width_multiple": repr(float(spec.width_multiple)),
+        "labels": json.dumps(list(spec.labels)),
         "random_weights": "true" if random_weights else "false",
         "seed": str(int(seed)) if random_weights else "",
         "weights": "" if random_weights else Path(weights).name,
@@ -102,11 +97,14 @@ def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
 def build_detector(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLike]] = None, seed: int = 0, *,
                    cfg: Optional[Union[str, os.PathLike]] = None,
                    save_state_dict: Optional[Union[str, os.PathLike]] = None,
-                   save_darknet_weights: Optional[Union[str, os.PathLike]] = None) -> torch.nn.Module:
-    """``spec``'s model in eval mode, unfused, with ``weights`` (or seeded random ones); saves what is asked.
+                   save_darknet_weights: Optional[Union[str, os.PathLike]] = None,
+                   keep_labels: bool = False) -> Tuple[torch.nn.Module, specs.ModelSpec]:
+    """(``spec``'s model in eval mode, unfused, with ``weights`` or seeded random ones; the spec as the weights
+    are); saves what is asked.
 
-    yolov7 family: our layer table, ``weights`` a state dict. yolov4 family: a darknet cfg (``cfg``, else the
-    spec's built-in one), ``weights`` a darknet ``.weights`` file.
+    yolov7 family: our layer table, ``weights`` an official checkpoint (whose own width, depth, anchors and class
+    names the spec takes, unless ``keep_labels``) or our state dict. yolov4 family: a darknet cfg (``cfg``, else the spec's built-in one),
+    ``weights`` a darknet ``.weights`` file.
     """
     if spec.family == "yolov4":
         if save_state_dict is not None:
@@ -120,20 +118,20 @@ def build_detector(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
         model.eval()
         if save_darknet_weights is not None:
             darknet.save_darknet_weights(model, save_darknet_weights)
-        return model
+        return model, spec
     if spec.family != "yolov7":
         raise ValueError(f"{spec.name}: unknown model family {spec.family!r} (known: yolov7, yolov4)")
     if cfg is not None or save_darknet_weights is not None:
         raise ValueError(f"{spec.name}: a darknet cfg and darknet weights apply to the yolov4 family only")
-    model = build_model(spec)
     if weights is None:
-        init_random_weights(model, seed)
+        model = init_random_weights(build_model(spec), seed)
     else:
-        load_weights(model, weights)
+        model = model_from_weights(spec, weights, take_names=not keep_labels)
+        spec = model.spec
     model.eval()
     if save_state_dict is not None:
         save_weights(model, save_state_dict)
-    return model
+    return model, spec
 
 
 def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
@@ -141,7 +139,7 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
                 save_state_dict: Optional[Union[str, os.PathLike]] = None,
                 cfg: Optional[Union[str, os.PathLike]] = None,
                 save_darknet_weights: Optional[Union[str, os.PathLike]] = None,
-                save_torch: Optional[Union[str, os.PathLike]] = None) -> Path:
+                save_torch: Optional[Union[str, os.PathLike]] = None, keep_labels: bool = False) -> Path:
     """Build ``spec``'s model, load ``weights`` (or seeded random ones), fuse, export, check; returns the path.
 
     ``save_torch``: also write the fused model as a RUNTIME=torch artifact (yolo_triton.models.torch_artifact).
@@ -155,8 +153,8 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
 
-    model = build_detector(spec, weights, seed, cfg=cfg, save_state_dict=save_state_dict,
-                           save_darknet_weights=save_darknet_weights)
+    model, spec = build_detector(spec, weights, seed, cfg=cfg, save_state_dict=save_state_dict,
+                                 save_darknet_weights=save_darknet_weights, keep_labels=keep_labels)
     model.fuse()
     if save_torch is not None:
         save_torch_artifact(model, spec, save_torch, meta=build_metadata(spec, weights, seed, opset, model))
@@ -221,6 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="yolov4 family: a darknet .cfg (its [yolo] layers must match the spec); default: the "
                              "built-in generator of the spec's cfg")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (without --weights); default 0")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="class names, one a line (darknet's .names); default: the checkpoint's, else the spec's")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="input height and width, multiples of the largest stride (default: the spec's)")
     parser.add_argument("--width-multiple", type=float, default=None,
@@ -252,17 +252,15 @@ def main(argv=None) -> int:
         overrides["input_size"] = tuple(args.img_size)
     if args.width_multiple is not None:
         overrides["width_multiple"] = args.width_multiple
+    if args.labels is not None:
+        overrides["labels"] = tuple(n.strip() for n in args.labels.read_text(encoding="utf-8").splitlines() if n.strip())
     if overrides:
         spec = spec.with_overrides(**overrides)
-    try:
-        export_onnx(spec, args.output, weights=args.weights, seed=args.seed, opset=args.opset,
-                    save_state_dict=args.save_state_dict, cfg=args.cfg, save_darknet_weights=args.save_darknet_weights,
-                    save_torch=args.save_torch)
-    except (FileNotFoundError, NotImplementedError, darknet.DarknetError) as exc:  # bad --weights/--cfg: a message
-        LOGGER.error("%s", exc)
-        return 1
+    export_onnx(spec, args.output, weights=args.weights, seed=args.seed, opset=args.opset,
+                save_state_dict=args.save_state_dict, cfg=args.cfg, save_darknet_weights=args.save_darknet_weights,
+                save_torch=args.save_torch, keep_labels=args.labels is not None)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main, "create_onnx"))

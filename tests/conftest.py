@@ -10,14 +10,14 @@ import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import skimage
 
+from yolo_triton.placement import PRESETS
 from yolo_triton.repository import repository_files, write_repository
-from yolo_triton.server import TritonServer
+from yolo_triton.serving.triton import TritonServer
 
-from .helpers import FULL, LAYOUT_SPECS, SMALL, TORCH_SPECS, V4, V4_TINY, load_build_script
+from .helpers import FULL, LAYOUT_SPECS, PHOTOS, SMALL, TORCH_SPECS, V4, V4_TINY
 from .reference import Reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +54,10 @@ def photos():
 def onnx_models(tmp_path_factory):
     """Spec name → ONNX exported with seeded random weights (cached in build/artifacts/test between runs); next to
     each, ``<same>.pt``: the RUNTIME=torch artifact of the same weights."""
-    create_onnx = load_build_script("create_onnx")
+    from build import create_onnx
     # the cache key includes the architecture's source, so a changed init or layer never reuses a stale file
-    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/models/darknet.py", "yolo_triton/specs.py", "build/create_onnx.py",
+    sources = ("yolo_triton/models/yolov7.py", "yolo_triton/models/yolov7_layers.py", "yolo_triton/models/darknet.py",
+               "yolo_triton/models/darknet_cfg.py", "yolo_triton/specs.py", "build/create_onnx.py",
                "yolo_triton/models/torch_artifact.py")
     code = hashlib.sha256(b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()[:12]
     cache = ROOT / "build" / "artifacts" / "test" / code
@@ -71,11 +72,11 @@ def onnx_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, onnx_models):
-    path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY], "onnxruntime", onnx_models)
+    path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY], onnx_files=onnx_models)
     # RUNTIME=torch on the CPU: the same weights as SMALL and V4_TINY, our PyTorch modules as the detector
     for spec in TORCH_SPECS:
         source = spec.name[: -len("_torch")]
-        write_repository(path, [spec], "torch", torch_files={spec.name: onnx_models[source].with_suffix(".pt")})
+        write_repository(path, [spec], PRESETS["cpu"].replace(runtime="torch"), torch_files={spec.name: onnx_models[source].with_suffix(".pt")})
     for spec in LAYOUT_SPECS.values():  # their postprocess models only: tests feed them the detector's outputs
         for relative, text in repository_files(spec).items():
             if relative.startswith(f"{spec.postprocess_name}/"):
@@ -111,3 +112,13 @@ def reference_v4(onnx_models):
 @pytest.fixture(params=["grpc", "http"])
 def protocol(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def photo_dir(photos, tmp_path_factory):
+    """The photos as files: name.jpg / name.png."""
+    directory = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        stem, ext = name.rsplit("_", 1)
+        (directory / f"{stem}.{ext}").write_bytes(photos[name])
+    return directory

@@ -1,8 +1,10 @@
 """Client helpers for the end-to-end tests: thin tritonclient calls, as a user's client would make them."""
 from __future__ import annotations
 
-import importlib.util
+import datetime
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from yolo_triton import specs
-from yolo_triton.server import free_ports
+from yolo_triton.client import Detection
+from yolo_triton.serving.processes import children
+from yolo_triton.serving.triton import free_ports
 
 # most tests use a narrow YOLOv7 at a small input (fast on 2 CPU cores); one uses the full 640 model
 SMALL = specs.YOLOV7.with_overrides(name="yolov7_small", input_size=(256, 320), width_multiple=0.25)
@@ -28,19 +33,10 @@ TORCH_SPECS = (SMALL.with_overrides(name="yolov7_small_torch"), V4_TINY.with_ove
 # postprocess-only models, one per detector output layout, fed synthetic detector outputs by tests/test_layouts.py
 LAYOUT_SPECS = {
     layout: specs.YOLOV7.with_overrides(name=f"layout_{layout}", layout=layout, input_size=(320, 320))
-    for layout in specs.LAYOUTS
+    for layout in specs.LAYOUT_NAMES
 }
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_build_script(name: str):
-    """A stage script of build/ (a folder of scripts, not a package), imported by its path."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "build" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
 
 
 def client_for(server, protocol):
@@ -64,14 +60,14 @@ def infer_images(module, client, model, images, parameters=None, timeout=None):
 
 
 def start_serve(repository, log_path, *options, env=None, timeout=300):
-    """``tools/serve.py`` as `make serve` runs it, on free ports, limited to the small ensemble → (process, ports).
+    """``yolo_triton.serving.serve`` as `make serve` runs it, on free ports, loading the small ensemble → (process,
+    ports).
 
-    ``options``: more serve.py flags (before ``--``). Waits until the plain HTTP endpoint is ready."""
+    ``options``: more serve flags (before ``--``). Waits until the plain HTTP endpoint is ready."""
     http, grpc, metrics, https = free_ports(4)
-    command = [sys.executable, str(ROOT / "tools" / "serve.py"), "--repository", str(repository),
+    command = [sys.executable, "-m", "yolo_triton.serving.serve", "--repository", str(repository),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-               "--https-port", str(https), *options,
-               "--", "--model-control-mode=explicit", f"--load-model={SMALL.ensemble_name}", "--log-verbose=0"]
+               "--https-port", str(https), "--models", SMALL.name, *options, "--", "--log-verbose=0"]
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -106,13 +102,106 @@ def stop_serve(process, timeout=60, number=signal.SIGINT):
 
 
 def child_pids(pid: int) -> list:
-    """The direct children of ``pid`` (from /proc)."""
-    children = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.append(int(proc.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return children
+    """The direct children of ``pid``."""
+    return list(children(pid))
+
+
+# ---- shared by the end-to-end tests
+
+# random weights put most scores near the official class-bias prior; a low threshold gives many boxes to compare
+LOW_CONF = {"conf_threshold": 0.02}
+
+
+def assert_same_detections(result, expected, index=0, box_tol=0.05, score_tol=1e-4):
+    n = int(result["num_detections"][index, 0])
+    boxes, scores, classes = expected
+    assert n == len(scores), f"{n} detections, reference has {len(scores)}"
+    np.testing.assert_array_equal(result["classes"][index, :n], classes)
+    np.testing.assert_allclose(result["scores"][index, :n], scores, atol=score_tol)
+    np.testing.assert_allclose(result["boxes"][index, :n], boxes, atol=box_tol)
+    names = [name.decode() for name in result["class_names"][index, :n]]
+    assert names == [specs.COCO80_NAMES[c] for c in classes]
+    # padding beyond the real detections is marked, never mistaken for a box
+    assert (result["classes"][index, n:] == -1).all()
+
+
+MODEL = SMALL.ensemble_name
+CONF = 0.02  # random weights: a low threshold gives boxes to compare
+PHOTOS = ("rocket_jpg", "chelsea_landscape_png", "motorcycle_portrait_jpg", "rocket_gray_png", "chelsea_tiny_jpg")
+BOX_TOL = 0.06  # the server matches the reference to 0.05 px (test_ensemble); JSON rounds to 0.01
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "client.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def url_for(server, protocol):
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def json_records(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def assert_matches(detections, expected):
+    """``detections``: JSON dicts or Detection objects; ``expected``: the reference's (boxes, scores, classes)."""
+    boxes, scores, classes = expected
+    assert len(detections) == len(scores), f"{len(detections)} detections, reference has {len(scores)}"
+    if detections and isinstance(detections[0], Detection):
+        detections = [d.to_dict() | {"box": list(d.box), "score": d.score} for d in detections]
+    assert [d["class_id"] for d in detections] == classes.tolist()
+    np.testing.assert_allclose([d["score"] for d in detections], scores, atol=1e-4)
+    np.testing.assert_allclose(np.array([d["box"] for d in detections]).reshape(-1, 4), boxes, atol=BOX_TOL)
+
+
+def make_certificates(directory: Path) -> dict:
+    """A CA, a server certificate for localhost signed by it, and a client certificate (mutual TLS)."""
+    if shutil.which("openssl"):
+        def openssl(*args):
+            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=yolo-triton test CA")
+        (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        for name, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                    "-subj", f"/CN={'localhost' if name == 'server' else 'client'}")
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                    "-out", f"{name}.pem", "-days", "2", *extra)
+    else:
+        try:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+            from cryptography.x509.oid import NameOID
+        except ImportError:
+            pytest.skip("neither the openssl CLI nor the cryptography package: cannot make test certificates")
+        import ipaddress
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def issue(common_name, issuer_name=None, issuer_key=None, ca=False, san=None):
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+            builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+                       .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+            if san:
+                builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+            certificate = builder.sign(issuer_key or key, hashes.SHA256())
+            return key, certificate
+
+        def save(name, key, certificate):
+            (directory / f"{name}.key").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+            (directory / f"{name}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+        ca_key, ca_cert = issue("yolo-triton test CA", ca=True)
+        save("ca", ca_key, ca_cert)
+        save("server", *issue("localhost", ca_cert.subject, ca_key,
+                              san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+        save("client", *issue("client", ca_cert.subject, ca_key))
+    return {"ca": directory / "ca.pem", "server": directory / "server.pem", "server_key": directory / "server.key",
+            "client": directory / "client.pem", "client_key": directory / "client.key"}

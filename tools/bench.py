@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: one server, one run, four configurations, a concurrency sweep — where the time goes.
 
-    python tools/bench.py -u localhost:8001 -m yolov7 [--concurrency 1 4 16 64] [--sizes 640x480 1280x720 1920x1080]
+    python -m tools.bench -u localhost:8001 -m yolov7 [--concurrency 1 4 16 64] [--sizes 640x480 1280x720 1920x1080]
 
   (a) detector alone, input tensors through shared memory (CUDA shared memory on a GPU host, system shared
       memory otherwise) — the ceiling the ensemble is measured against;
@@ -26,10 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import perf  # noqa: E402  (tools/perf.py: perf_analyzer runner, input data, plot)
+from tools import perf  # perf_analyzer runner, input data, plot
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
 
@@ -67,7 +65,8 @@ def has_model(url: str, name: str) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-u", "--url", default="localhost:8001")
-    parser.add_argument("-m", "--model", default="yolov7", help="the detector; the ensembles are MODEL_e2e, MODEL_e2e_cpu")
+    parser.add_argument("-m", "--model", default="yolov7",
+                        help="the detector (or its ensemble MODEL_e2e); the ensembles are MODEL_e2e, MODEL_e2e_cpu")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1280x720", "1920x1080"])
     parser.add_argument("--shared-memory", choices=["cuda", "system"], default=None,
@@ -79,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     args = parser.parse_args(argv)
+    args.model = args.model.removesuffix("_e2e")  # `make bench MODEL=yolov7_e2e` names the ensemble
     args.protocol = "grpc"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.shared_memory is None:

@@ -6,16 +6,12 @@
     python tools/client.py video clip.mp4 -o annotated.mp4
     python tools/client.py dummy -i
 
-A thin wrapper around ``yolo_triton.client.main`` (installed as ``yolo-triton-client``); ``--help`` lists every flag.
+A thin wrapper around ``yolo_triton.client.main`` (installed as ``yolo-triton-client``); ``--help`` lists every flag,
+docs/client.md describes them.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from yolo_triton.client import main  # noqa: E402
+from yolo_triton.client import main
 
 if __name__ == "__main__":
     raise SystemExit(main(prog="client.py"))

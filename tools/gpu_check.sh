@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
 #   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps|handover] [bench args...]
-# tests: tests/test_gpu.py and tests/test_torch_runtime.py; bench: RUNTIME=torch YOLOv7-640 with GPU pre/post and
+# tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post) and
 # its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
 # QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two
-# ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=1 serves with `tools/serve.py
-# --mps 1` (what `make serve MPS=1` runs: the steps' CUDA contexts share the GPU at once under a private MPS daemon).
-# GPU_INSTANCES, GPU_QUEUE_DELAY_US and TORCH_COMPILE set the GPU steps (as the Makefile's variables). Logs and results go to $OUT (or build/gpu_check).
+# ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=on|off|auto serves with that
+# `--mps` (unset: the GPU preset's auto, the steps' CUDA contexts sharing the GPU at once under a private MPS daemon).
+# GPU_INSTANCES, GPU_QUEUE_DELAY_US and TORCH_COMPILE change those fields of the GPU preset (yolo_triton/placement.py). Logs and results go to $OUT (or build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -25,8 +25,8 @@ export PYTHONUNBUFFERED=1
 
 start_server() {  # repository, log file, [GPU ids the server sees; default all]
   ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
-    exec setsid python3 tools/serve.py --repository "$1" --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-      --profile open --cuda-pool-mib 4096 --mps ${MPS:-0} > "$2" 2>&1 ) &
+    exec setsid python3 -m yolo_triton.serving.serve --device gpu --models yolov7 --repository "$1" --profile open \
+      ${MPS:+--mps $MPS} > "$2" 2>&1 ) &
   for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && return 0; sleep 1; done
   echo "server not ready"; tail -30 "$2"; return 1
 }
@@ -37,20 +37,20 @@ stop_server() {
 }
 
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
+  python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
 fi
 if [[ $what == profile || $what == all ]]; then
-  python3 tools/gpu_profile.py --out "$OUT" 2>&1 | tail -8
+  python -m tools.gpu_profile --out "$OUT" 2>&1 | tail -8
 fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
-  python3 build/build_engines.py --runtime torch --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
-    --gpu-instances ${GPU_INSTANCES:-2} --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} --torch-compile ${TORCH_COMPILE:-default} \
+  python3 -m build.build_engines --device gpu --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
+    ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
   # the device tool brings back few files: raw perf_analyzer CSVs stay in /tmp, the summary goes to $OUT
-  python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/bench "$@" > /tmp/bench/../bench.log 2>&1
+  python -m tools.bench -u localhost:8001 -m yolov7 --out /tmp/bench "$@" > /tmp/bench/../bench.log 2>&1
   cp /tmp/bench/bench.json /tmp/bench/bench.csv /tmp/bench/bench.png /tmp/bench/stats.json "$OUT/" 2>/dev/null
   grep -v "it/s\]" /tmp/bench.log | tail -40 | tee "$OUT/bench.log"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
@@ -58,57 +58,57 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == multigpu ]]; then
   repo=/tmp/mg_repository
-  python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+  python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
     > /tmp/build_mg.log 2>&1 || { tail -20 /tmp/build_mg.log; exit 1; }
   count=$(nvidia-smi -L | wc -l); all=$(seq -s, 0 $((count - 1)))
   benches=()
   for visible in 0 "$all"; do
     n=$(tr , '\n' <<< "$visible" | wc -l)
     start_server $repo /tmp/server_mg_$n.log "$visible" || exit 1
-    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/mg_$n --skip a c d --sizes 640x480 "$@" \
+    python -m tools.bench -u localhost:8001 -m yolov7 --out /tmp/mg_$n --skip a c d --sizes 640x480 "$@" \
       > /tmp/mg_$n.log 2>&1
     grep -v "it/s\]" /tmp/mg_$n.log | tail -8 | tee -a "$OUT/multigpu.log"
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader | tee -a "$OUT/multigpu.log"
     stop_server /tmp/server_mg_$n.log
     benches+=("$n GPU=/tmp/mg_$n/bench.json")
   done
-  python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/multigpu.log"
+  python -m tools.scaling --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/multigpu.log"
 fi
 if [[ $what == instances ]]; then
   benches=()
   for n in ${INSTANCE_COUNTS:-1 2 3}; do
     repo=/tmp/inst_repository_$n
-    python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-instances $n --gpu-queue-delay-us ${GPU_QUEUE_DELAY_US:-100} > /tmp/build_inst.log 2>&1 || { tail -20 /tmp/build_inst.log; exit 1; }
+    python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+      --gpu-instances $n ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} > /tmp/build_inst.log 2>&1 || { tail -20 /tmp/build_inst.log; exit 1; }
     start_server $repo /tmp/server_inst_$n.log || exit 1
-    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/inst_$n --skip c d --sizes 640x480 "$@" > /tmp/inst_$n.log 2>&1
+    python -m tools.bench -u localhost:8001 -m yolov7 --out /tmp/inst_$n --skip c d --sizes 640x480 "$@" > /tmp/inst_$n.log 2>&1
     echo "== $n instance(s) per GPU step" | tee -a "$OUT/instances.log"
     grep -v "it/s\]" /tmp/inst_$n.log | tail -7 | tee -a "$OUT/instances.log"
     stop_server /tmp/server_inst_$n.log
     cp /tmp/inst_$n/stats.json "$OUT/stats_inst_$n.json"
     benches+=("$n instance(s)=/tmp/inst_$n/bench.json")
   done
-  python3 tools/scaling.py --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/instances.log"
+  python -m tools.scaling --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/instances.log"
 fi
 if [[ $what == steps ]]; then
   for delay in ${QUEUE_DELAYS:-100 1000}; do
     repo=/tmp/steps_repository_$delay; times=/tmp/steps_times_$delay; rm -rf $times
-    python3 build/build_engines.py --runtime torch --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-      --gpu-queue-delay-us $delay --gpu-instances ${GPU_INSTANCES:-2} --torch-compile ${TORCH_COMPILE:-default} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
+    python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+      --gpu-queue-delay-us $delay ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} > /tmp/build_steps.log 2>&1 || { tail -20 /tmp/build_steps.log; exit 1; }
     YOLO_TRITON_STEP_TIMES=$times start_server $repo /tmp/server_steps_$delay.log || exit 1
-    python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
+    python3 -c "import json; from tools import bench; print(json.dumps(bench.server_statistics('localhost:8001')))" \
       > /tmp/stats_before_$delay.json
-    python3 tools/bench.py -u localhost:8001 -m yolov7 --out /tmp/steps_bench_$delay --skip ${SKIP:-a c d} --sizes 640x480 "$@" \
+    python -m tools.bench -u localhost:8001 -m yolov7 --out /tmp/steps_bench_$delay --skip ${SKIP:-a c d} --sizes 640x480 "$@" \
       > /tmp/steps_bench_$delay.log 2>&1
     echo "== GPU steps with a ${delay} us batcher delay" | tee -a "$OUT/steps.log"
     grep -v "it/s\]" /tmp/steps_bench_$delay.log | grep -A30 "^config" | tee -a "$OUT/steps.log"
     cp /tmp/steps_bench_$delay/bench.json "$OUT/bench_$delay.json"
-    python3 tools/step_times.py $times --stats-before /tmp/stats_before_$delay.json \
+    python -m tools.step_times $times --stats-before /tmp/stats_before_$delay.json \
       --stats-after /tmp/steps_bench_$delay/stats.json --server-log /tmp/server_steps_$delay.log \
       --out "$OUT/steps_$delay.json" | tee -a "$OUT/steps.log"
     stop_server /tmp/server_steps_$delay.log
   done
 fi
 if [[ $what == handover ]]; then
-  python3 tools/handover_probe.py --out "$OUT/handover" "$@" 2>&1 | grep -v "it/s\]" | tail -16
+  python -m tools.handover_probe --out "$OUT/handover" "$@" 2>&1 | grep -v "it/s\]" | tail -16
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Each GPU step alone, outside Triton: what the bare work costs, to set against Triton's per-model statistics.
 
-    python tools/gpu_profile.py --out build/gpu_profile        (a CUDA host with torchvision: the GPU machine)
+    python -m tools.gpu_profile --out build/gpu_profile        (a CUDA host with torchvision: the GPU machine)
 
 Times (median of ``--repeats`` after warm-up, CUDA-synchronised) per batch size, for YOLOv7-640 with seeded
 random weights and photos from the scikit-image wheel as 640×480 JPEGs: decode (nvJPEG, one call per batch),
@@ -27,14 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from yolo_triton import gpu, specs  # noqa: E402
-from yolo_triton.postprocess import DetectionParams  # noqa: E402
-from yolo_triton.repository import TORCH_COMPILE_MODES  # noqa: E402
+from yolo_triton import specs
+from yolo_triton.pipeline import gpu_detector as gpu_det, gpu_postprocess as gpu_post, gpu_preprocess as gpu_pre
+from yolo_triton.specs import DetectionParams
+from yolo_triton.placement import TORCH_COMPILE_MODES
 
 
 def timed(function, repeats: int) -> float:
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import importlib.util
 
-    from bench import resized_jpegs  # tools/bench.py: the same photos as `make bench`
+    from tools.bench import resized_jpegs  # the same photos as `make bench`
 
     loader = importlib.util.spec_from_file_location("create_onnx", Path(__file__).resolve().parent.parent / "build" / "create_onnx.py")
     create_onnx = importlib.util.module_from_spec(loader)
@@ -98,9 +97,9 @@ def main(argv=None) -> int:
     device, spec = torch.device("cuda"), specs.YOLOV7
     model = create_onnx.build_detector(spec, None, seed=0)
     model.fuse()
-    model = gpu.prepare_for_gpu(model, device, torch.float16)
+    model = gpu_det.prepare_for_gpu(model, device, torch.float16)
     started = time.perf_counter()
-    runner = gpu.GraphRunner(gpu.compile_detector(model, args.compile, len(set(args.batches))), (3, *spec.input_size),
+    runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile, len(set(args.batches))), (3, *spec.input_size),
                              max(args.batches), device, torch.float16, buckets=args.batches)
     setup_s = time.perf_counter() - started
     print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; CUDA graphs for {runner.buckets})", flush=True)
@@ -111,22 +110,22 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         for batch in args.batches:
             items = [photos[i % len(photos)] for i in range(batch)]
-            tensor, metas, _ = gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16)
+            tensor, metas, _ = gpu_pre.preprocess_batch(items, spec.input_size, device, dtype=torch.float16)
             predictions = runner(tensor)
             row = {"batch": batch}
             if args.compile != "off":  # same input through the uncompiled network, eager
                 eager = model(tensor.contiguous(memory_format=torch.channels_last)).float()
                 row["compiled_max_abs_diff_over_max"] = float((predictions - eager).abs().max() / eager.abs().max())
             timings = {
-                "decode": lambda: gpu.decode_images(items, device),
-                "preprocess": lambda: gpu.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
+                "decode": lambda: gpu_pre.decode_images(items, device),
+                "preprocess": lambda: gpu_pre.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
                 "detector": lambda: runner(tensor),
-                "postprocess": lambda: gpu.postprocess_batch(predictions, metas, [params] * batch),
+                "postprocess": lambda: gpu_post.postprocess_batch(predictions, metas, [params] * batch),
             }
             for step in args.steps:
                 row[f"{step}_ms"] = timed(timings[step], args.repeats)
             if nvimgcodec is not None:
-                ours = [image.permute(1, 2, 0) for image in gpu.decode_images(items, device)]  # CHW -> HWC
+                ours = [image.permute(1, 2, 0) for image in gpu_pre.decode_images(items, device)]  # CHW -> HWC
                 theirs = nvimgcodec(items)
                 row["nvimgcodec_max_level_difference"] = max(
                     int((a.int() - b.int()).abs().max()) for a, b in zip(ours, theirs))

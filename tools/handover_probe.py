@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What Triton's Python backend costs to hand a tensor from one ensemble step to the next, by tensor size.
 
-    python tools/handover_probe.py [--sizes-mib 0.001 1 8 32 96] [--concurrency 4] [--out build/handover]
+    python -m tools.handover_probe [--sizes-mib 0.001 1 8 32 96] [--concurrency 4] [--out build/handover]
 
 Our GPU ensemble spends more time in the Python backend around each step than inside it (tools/step_times.py);
 this isolates that cost from YOLO. It writes a repository of two trivial Python steps — a producer that fills a
@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import perf  # noqa: E402
-from bench import server_statistics  # noqa: E402
-from step_times import pool_warnings, triton_side  # noqa: E402
-from yolo_triton.server import TritonServer, cuda_pool_flags, visible_gpu_count  # noqa: E402
+from tools import perf
+from tools.bench import server_statistics
+from tools.step_times import pool_warnings, triton_side
+from yolo_triton.serving.triton import TritonServer, cuda_pool_flags, visible_gpu_count
 
 # One file serves both steps of both placements; config parameters say which it is.
 STEP_CODE = '''

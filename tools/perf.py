@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """perf_analyzer against the ensemble with real JPEG bytes, over a concurrency sweep (`make perf`).
 
-    python tools/perf.py [-u localhost:8001] [-m yolov7_e2e] [--concurrency 1 2 4 8] [--out build/perf]
+    python -m tools.perf [-u localhost:8001] [-m yolov7_e2e] [--concurrency 1 2 4 8] [--out build/perf]
 
 In the same run it measures the baseline this project replaces — the seed's architecture: the client
 letterboxes the photo itself and sends the FP32 tensor over gRPC straight to the detector — and reports the
@@ -23,10 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from yolo_triton import specs  # noqa: E402
-from yolo_triton.preprocess import preprocess_image  # noqa: E402
+from yolo_triton import specs
+from yolo_triton.pipeline.preprocess import preprocess_image
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
 
@@ -93,12 +92,15 @@ def find_perf_analyzer() -> str:
     return os.environ.get("PERF_ANALYZER", str(candidate))
 
 
-UNSTABLE = "Failed to obtain stable measurement"
+# what perf_analyzer says when its window was too short for the load: an unstable measurement, or a window in which
+# no request finished (a busy shared CPU); both are worth a second try with a longer window, as it advises
+TOO_SHORT = ("Failed to obtain stable measurement", "No valid requests recorded within time interval")
 
 
 def run_point(args, model: str, concurrency: int, data_file: Path, csv_file: Path, extra=()) -> dict:
-    """One perf_analyzer run at one concurrency. An unstable measurement (a noisy shared CPU, a slow first window)
-    is retried with the window doubled, as perf_analyzer itself advises; the window used goes into the row."""
+    """One perf_analyzer run at one concurrency. A window too short for the load (an unstable measurement, or no
+    request finished in it: a noisy shared CPU, a slow first window) is retried with the window doubled, as
+    perf_analyzer itself advises; the window used goes into the row."""
     for attempt in range(args.retries + 1):
         window_ms = args.measurement_ms * 2 ** attempt
         command = [
@@ -110,8 +112,8 @@ def run_point(args, model: str, concurrency: int, data_file: Path, csv_file: Pat
         done = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True)
         if done.returncode == 0:
             break
-        if UNSTABLE in done.stdout + done.stderr and attempt < args.retries:
-            tqdm.write(f"{model} concurrency {concurrency}: unstable with a {window_ms} ms window, "
+        if any(text in done.stdout + done.stderr for text in TOO_SHORT) and attempt < args.retries:
+            tqdm.write(f"{model} concurrency {concurrency}: no stable measurement in a {window_ms} ms window, "
                        f"retrying with {2 * window_ms} ms", file=sys.stderr)
             continue
         raise RuntimeError(f"perf_analyzer failed ({done.returncode}) for {model} at concurrency {concurrency} "

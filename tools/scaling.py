@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare `make bench` runs of one case across set-ups (1 vs 2 GPUs, instance counts…) → ratios, CSV, JSON, PNG.
 
-    python tools/scaling.py --bench "1 GPU=/tmp/mg_1/bench.json" "2 GPUs=/tmp/mg_2/bench.json" --case b --out build/scaling
+    python -m tools.scaling --bench "1 GPU=/tmp/mg_1/bench.json" "2 GPUs=/tmp/mg_2/bench.json" --case b --out build/scaling
 
 Each ratio is a set-up's best throughput over the first set-up's best (each over its own concurrency sweep), for
 the rows of ``--case`` (b: the ensemble with GPU pre/post). Issue G's target: 2 GPUs ≥ 1.9 × 1 GPU.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: many requests at high concurrency, a share of them malformed, against a running ensemble (`make soak`).
 
-    python tools/soak.py [-u localhost:8001] [-m yolov7_e2e] [--requests 10000] [--concurrency 64]
+    python -m tools.soak [-u localhost:8001] [-m yolov7_e2e] [--requests 10000] [--concurrency 64]
                          [--malformed-share 0.1] [--seed 0] [--out build/soak] [--max-growth 0.10]
                          [--conf 0.02] [--server-pid PID | --no-memory]
 
@@ -21,12 +21,11 @@ Before the load every distinct good image is sent once, alone, in sequence: that
   * every malformed request fails alone with INVALID_ARG and the message naming the problem, never a success;
   * the server's memory — the tritonserver process and all its descendants (the Python backend stubs), read
     from /proc — grows less than --max-growth between the warm-up point (--warmup-share of the requests
-    answered) and the end; the peak is reported too. The warm-up is 20 % by default: on a fresh server at
-    concurrency 64 the pools fill until ~2,000 requests (PSS +9.0 % from 10 % to the end of 10,000 requests,
-    +1.1 % from 20 %). Checked on PSS by default (--memory-metric): the server maps each stub's shared-memory
-    region, several times over as the region grows, so the sum of RSS counts those pages again and again and
-    climbs while the memory actually used does not (measured: RSS +57 %, PSS +0.2 % over 3,000 requests on a
-    warm server); PSS counts each page once. Both are reported, RSS per process in the CSV;
+    answered) and the end; the peak is reported too. The warm-up is 20 % by default: on a fresh server the pools
+    fill for the first thousands of requests (docs/operations.md). Checked on PSS by default (--memory-metric): the
+    server maps each stub's shared-memory region, several times over as the region grows, so the sum of RSS counts
+    those pages again and again and climbs while the memory actually used does not; PSS counts each page once.
+    Both are reported, RSS per process in the CSV;
   * the server is still live and the model ready afterwards.
 
 The server's pid is --server-pid, else the one local ``tritonserver`` whose --grpc-port is the URL's port.
@@ -41,134 +40,30 @@ import argparse
 import csv
 import dataclasses
 import functools
-import io
 import json
 import math
 import os
-import struct
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from tools.soak_workload import BATCH_SIZES, Planned, good_images, malformed_inputs, schedule
+from yolo_triton import specs
+from yolo_triton.client import Detector, parse_result
+from yolo_triton.serving.processes import memory_of, tritonservers
 
-from perf import PHOTOS  # noqa: E402  (tools/perf.py: the photo names of the scikit-image wheel)
-from yolo_triton import specs  # noqa: E402
-from yolo_triton.client import Detector, parse_result  # noqa: E402
-
-SCALES = (1.0, 0.5, 1.5)  # each photo at these scales, as JPEG and PNG: 30 distinct good images
-BATCH_SIZES = (2, 3, 4)
 INVALID = "INVALID_ARG"  # gRPC StatusCode.INVALID_ARGUMENT
 MEMORY_METRICS = ("pss", "rss")
 
 
 class SoakError(RuntimeError):
     """The soak cannot run (server unreachable, pid not found, bad arguments) — not a failed check."""
-
-
-# ---------------------------------------------------------------------------------------------------- inputs
-
-
-def good_images(scales: Sequence[float] = SCALES) -> Dict[str, bytes]:
-    """name → encoded bytes: every photo at every scale, as JPEG (quality 90) and PNG."""
-    import cv2
-    import skimage
-
-    folder = Path(skimage.__file__).parent / "data"
-    images = {}
-    for photo in PHOTOS:
-        original = cv2.imread(str(folder / photo), cv2.IMREAD_COLOR)
-        for scale in scales:
-            height, width = (round(n * scale) for n in original.shape[:2])
-            image = original if scale == 1 else cv2.resize(original, (width, height), interpolation=cv2.INTER_AREA)
-            for ext, params in ((".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), (".png", [])):
-                ok, buffer = cv2.imencode(ext, image, params)
-                assert ok, photo
-                images[f"{Path(photo).stem}_{width}x{height}{ext}"] = buffer.tobytes()
-    return images
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR declaring width×height, with (almost) no pixel data: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
-def malformed_inputs(seed: int = 0) -> Dict[str, Tuple[bytes, str]]:
-    """kind → (bytes, a substring the server's error message must contain); as in tests/test_bad_inputs.py."""
-    from PIL import Image
-
-    def save(image, fmt, **options) -> bytes:
-        buffer = io.BytesIO()
-        image.save(buffer, fmt, **options)
-        return buffer.getvalue()
-
-    rng = np.random.default_rng(seed)
-    photo = Image.fromarray(rng.integers(0, 256, (133, 200, 3), dtype=np.uint8)).resize((200, 133))
-    jpeg = save(photo, "JPEG", quality=92)
-    return {
-        "empty": (b"", "empty input"),
-        "random_bytes": (b"\x00" + rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "cannot decode"),
-        "truncated_jpeg": (jpeg[: len(jpeg) // 3], "truncated JPEG"),
-        "jpeg_header_only": (jpeg[:200], "cannot decode"),
-        "text": (b"hello, this is not an image\n" * 20, "cannot decode"),
-        "png_100kx100k": (png_declaring(100_000, 100_000), "too many pixels"),
-        "png_12kx12k": (png_declaring(12_000, 12_000), "pixels, over the limit of"),
-        "gif": (save(photo.convert("P"), "GIF"), "unsupported image format GIF"),
-        "tiff": (save(photo, "TIFF"), "unsupported image format TIFF"),
-    }
-
-
-@dataclasses.dataclass(frozen=True)
-class Planned:
-    """One request of the schedule."""
-
-    index: int
-    kind: str  # good | batch_good | batch_mixed | malformed:<name>
-    labels: Tuple[str, ...]  # the good image names or malformed kinds it holds, in order
-    payloads: Tuple[bytes, ...]
-    error: Optional[Tuple[str, ...]]  # substrings its error message must contain; None: it must succeed
-
-
-def schedule(requests: int, good: Dict[str, bytes], malformed: Dict[str, Tuple[bytes, str]], malformed_share: float,
-             batch_share: float, seed: int) -> List[Planned]:
-    """Exactly round(requests × share) malformed and batch requests, at positions and with contents from ``seed``."""
-    rng = np.random.default_rng(seed)
-    n_bad, n_batch = round(requests * malformed_share), round(requests * batch_share)
-    order = rng.permutation(requests)
-    bad_at, batch_at = set(order[:n_bad].tolist()), set(order[n_bad:n_bad + n_batch].tolist())
-    good_names, bad_names = sorted(good), sorted(malformed)
-    plan = []
-    for index in range(requests):
-        if index in bad_at:
-            name = bad_names[rng.integers(len(bad_names))]
-            plan.append(Planned(index, f"malformed:{name}", (name,), (malformed[name][0],), (malformed[name][1],)))
-        elif index in batch_at:
-            size = int(rng.choice(BATCH_SIZES))
-            labels = [good_names[i] for i in rng.integers(len(good_names), size=size)]
-            payloads = [good[label] for label in labels]
-            if bad_names and rng.random() < 0.5:
-                where, name = int(rng.integers(size)), bad_names[rng.integers(len(bad_names))]
-                labels[where], payloads[where] = name, malformed[name][0]
-                error = (f"{specs.ENSEMBLE_INPUT}[{where}]: ", malformed[name][1])  # names the item and the problem
-                plan.append(Planned(index, "batch_mixed", tuple(labels), tuple(payloads), error))
-            else:
-                plan.append(Planned(index, "batch_good", tuple(labels), tuple(payloads), None))
-        else:
-            name = good_names[rng.integers(len(good_names))]
-            plan.append(Planned(index, "good", (name,), (good[name],), None))
-    return plan
 
 
 # ---------------------------------------------------------------------------------------------------- answers
@@ -208,75 +103,10 @@ def compare(answer: Answer, reference: Answer) -> Tuple[Optional[str], float, fl
 # ---------------------------------------------------------------------------------------------------- memory
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def process_tree(pid: int) -> List[int]:
-    """``pid`` and all its descendants (the Python backend stubs), from /proc."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = _read(f"/proc/{entry}/stat")
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state": ppid
-            children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def process_name(pid: int) -> str:
-    """``tritonserver``, or a Python backend stub's model instance name (``yolov7_preprocess_0_1``)."""
-    argv = _read(f"/proc/{pid}/cmdline").split("\0")
-    if "triton_python_backend_stub" in argv[0] and len(argv) > 8:
-        return argv[8]  # stub argv: model.py, shm region, sizes, parent pid, backend dir, ipc size, instance name
-    return Path(argv[0]).name or str(pid)
-
-
-def memory_of(pid: int) -> Tuple[int, int, Dict[str, float]]:
-    """(RSS bytes, PSS bytes, {process name: RSS MiB}) of ``pid`` and its descendants; processes gone meanwhile
-    are skipped."""
-    rss = pss = 0
-    each: Dict[str, float] = {}
-    for member in process_tree(pid):
-        try:
-            member_rss = int(_read(f"/proc/{member}/statm").split()[1]) * PAGE
-            member_pss = next(int(line.split()[1]) * 1024 for line in _read(f"/proc/{member}/smaps_rollup").splitlines()
-                              if line.startswith("Pss:"))
-            name = process_name(member)
-        except (OSError, ValueError, IndexError, StopIteration):
-            continue
-        rss, pss = rss + member_rss, pss + member_pss
-        each[name if name not in each else f"{name}#{member}"] = round(member_rss / 2**20, 2)
-    return rss, pss, each
-
-
 def find_server_pid(url: str) -> int:
     """The one local tritonserver process serving gRPC at ``url``'s port (``--grpc-port``, default 8001)."""
     port = urlsplit(f"//{url.split('://')[-1]}").port or 8001
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = _read(f"/proc/{entry}/cmdline").split("\0")
-        except OSError:
-            continue
-        if not argv or Path(argv[0]).name != "tritonserver":
-            continue
-        ports = [a.split("=", 1)[1] for a in argv if a.startswith("--grpc-port=")]
-        if int(ports[-1] if ports else 8001) == port:
-            found.append(int(entry))
+    found = tritonservers(port)
     if len(found) != 1:
         raise SoakError(f"{len(found) or 'no'} local tritonserver process(es) with gRPC port {port}"
                         f"{' (' + ', '.join(map(str, found)) + ')' if found else ''}: give --server-pid (or --no-memory)")

@@ -2,7 +2,7 @@
 """Where the time goes inside each Python step, beside what Triton sees of it.
 
     YOLO_TRITON_STEP_TIMES=/tmp/steps make serve ...      # each step instance writes <model>.<pid>.csv
-    python tools/step_times.py /tmp/steps [--stats-before a.json --stats-after b.json] [--skip-s 2] [--out steps.json]
+    python -m tools.step_times /tmp/steps [--stats-before a.json --stats-after b.json] [--skip-s 2] [--out steps.json]
 
 Triton's statistics time a Python-backend step as one block: "compute infer" is the whole round trip from the
 server to the stub process and back. The rows the steps write themselves (``StepTimes`` in

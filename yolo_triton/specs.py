@@ -1,232 +1,36 @@
-"""Model specs: the one place that says what a detector family looks like.
+"""The serving contract: tensor names, model specs and request parameters — what every other file derives from.
 
-Every other file derives from a ``ModelSpec``: the PyTorch architecture and its ONNX export, the Triton
-``config.pbtxt`` files, the Python models inside the server, the clients, the benches and the tests.
-Nobody retypes an input size, an anchor or a tensor name.
+A ``ModelSpec`` says what one detector family is: input size, strides and anchors, class names, output layout
+(``yolo_triton.layouts``), thresholds and batching. The PyTorch networks and their ONNX export, the Triton configs,
+the Python steps inside the server, the clients, the benches and the tests read it; nobody retypes an input size,
+an anchor or a tensor name.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+import json
+import math
+from typing import Mapping, Optional, Tuple
 
 from .coco import COCO80_NAMES
-
-# Output layouts a postprocess understands (see ``yolo_triton.postprocess``); the detector's outputs per layout
-# are ``ModelSpec.detector_outputs``.
-LAYOUT_RAW_GRID = "raw_grid"  # [N, K, 5 + nc]: cx, cy, w, h (input pixels), objectness, class scores; sigmoid done
-LAYOUT_EFFICIENT_NMS = "efficient_nms"  # official export.py --end2end (TensorRT EfficientNMS_TRT): NMS done in the engine
-LAYOUT_TENSORRTX_PROB = "tensorrtx_prob"  # tensorrtx / isarsoft <= v1.3 yolov4 "prob": count + 1000 x 7, NMS still needed
-LAYOUT_ISARSOFT_DETECTIONS = "isarsoft_detections"  # isarsoft master yolov4 "detections": K x 7, normalised, no NMS
-LAYOUTS = (LAYOUT_RAW_GRID, LAYOUT_EFFICIENT_NMS, LAYOUT_TENSORRTX_PROB, LAYOUT_ISARSOFT_DETECTIONS)
-TENSORRTX_MAX_BOXES = 1000  # tensorrtx yololayer.h MAX_OUTPUT_BBOX_COUNT
 
 # Tensor names on the wire, shared by the ensemble, its steps, clients and tests.
 ENSEMBLE_INPUT = "IMAGE"  # BYTES [1]: one encoded image (JPEG, PNG, BMP, WebP) per batch element
 ENSEMBLE_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "class_names")
 DETECTOR_INPUT = "images"  # FP32 [3, H, W], RGB, 0..1, letterboxed
-DETECTOR_OUTPUT = "output"  # FP32 [K, 5 + nc] for LAYOUT_RAW_GRID (other layouts: ModelSpec.detector_outputs)
 LETTERBOX_META = "letterbox"  # FP32 [5]: original height, original width, gain, pad x, pad y
+# The detector's outputs, by layout (yolo_triton.layouts says their shapes and how they are read)
+DETECTOR_OUTPUT = "output"  # raw grid: FP32 [K, 5 + nc]
+EFFICIENT_NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")  # TensorRT EfficientNMS_TRT
+TENSORRTX_OUTPUT = "prob"  # tensorrtx / isarsoft <= v1.3 yolov4
+ISARSOFT_OUTPUT = "detections"  # isarsoft master yolov4
 
-# YOLOv7 layer table, in the order and with the "from" indices of the official cfg/deploy/yolov7.yaml, so that
-# module indices (and so state-dict keys ``model.<i>.…``) line up with official checkpoints.
-# Each row: (from, module, args); channel args are before the width multiple is applied.
-YOLOV7_LAYERS: Tuple[tuple, ...] = (
-    # backbone
-    (-1, "Conv", (32, 3, 1)),  # 0
-    (-1, "Conv", (64, 3, 2)),  # 1-P1/2
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (128, 3, 2)),  # 3-P2/4
-    (-1, "Conv", (64, 1, 1)),
-    (-2, "Conv", (64, 1, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    ((-1, -3, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1)),  # 11
-    (-1, "MP", ()),
-    (-1, "Conv", (128, 1, 1)),
-    (-3, "Conv", (128, 1, 1)),
-    (-1, "Conv", (128, 3, 2)),
-    ((-1, -3), "Concat", (1,)),  # 16-P3/8
-    (-1, "Conv", (128, 1, 1)),
-    (-2, "Conv", (128, 1, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    ((-1, -3, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (512, 1, 1)),  # 24
-    (-1, "MP", ()),
-    (-1, "Conv", (256, 1, 1)),
-    (-3, "Conv", (256, 1, 1)),
-    (-1, "Conv", (256, 3, 2)),
-    ((-1, -3), "Concat", (1,)),  # 29-P4/16
-    (-1, "Conv", (256, 1, 1)),
-    (-2, "Conv", (256, 1, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    ((-1, -3, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (1024, 1, 1)),  # 37
-    (-1, "MP", ()),
-    (-1, "Conv", (512, 1, 1)),
-    (-3, "Conv", (512, 1, 1)),
-    (-1, "Conv", (512, 3, 2)),
-    ((-1, -3), "Concat", (1,)),  # 42-P5/32
-    (-1, "Conv", (256, 1, 1)),
-    (-2, "Conv", (256, 1, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    ((-1, -3, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (1024, 1, 1)),  # 50
-    # head
-    (-1, "SPPCSPC", (512,)),  # 51
-    (-1, "Conv", (256, 1, 1)),
-    (-1, "Upsample", (2,)),
-    (37, "Conv", (256, 1, 1)),  # route backbone P4
-    ((-1, -2), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1)),
-    (-2, "Conv", (256, 1, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    ((-1, -2, -3, -4, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1)),  # 63
-    (-1, "Conv", (128, 1, 1)),
-    (-1, "Upsample", (2,)),
-    (24, "Conv", (128, 1, 1)),  # route backbone P3
-    ((-1, -2), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1)),
-    (-2, "Conv", (128, 1, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    (-1, "Conv", (64, 3, 1)),
-    ((-1, -2, -3, -4, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1)),  # 75
-    (-1, "MP", ()),
-    (-1, "Conv", (128, 1, 1)),
-    (-3, "Conv", (128, 1, 1)),
-    (-1, "Conv", (128, 3, 2)),
-    ((-1, -3, 63), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1)),
-    (-2, "Conv", (256, 1, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    (-1, "Conv", (128, 3, 1)),
-    ((-1, -2, -3, -4, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1)),  # 88
-    (-1, "MP", ()),
-    (-1, "Conv", (256, 1, 1)),
-    (-3, "Conv", (256, 1, 1)),
-    (-1, "Conv", (256, 3, 2)),
-    ((-1, -3, 51), "Concat", (1,)),
-    (-1, "Conv", (512, 1, 1)),
-    (-2, "Conv", (512, 1, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    (-1, "Conv", (256, 3, 1)),
-    ((-1, -2, -3, -4, -5, -6), "Concat", (1,)),
-    (-1, "Conv", (512, 1, 1)),  # 101
-    (75, "RepConv", (256, 3, 1)),
-    (88, "RepConv", (512, 3, 1)),
-    (101, "RepConv", (1024, 3, 1)),
-    ((102, 103, 104), "IDetect", ()),  # Detect(P3, P4, P5)
-)
-
-# yolov7-tiny layer table, row for row the official cfg/training/yolov7-tiny.yaml (the released yolov7-tiny.pt has
-# this IDetect head): Conv args are the yaml's (c2, k, s, p, g, act), every Conv with its own LeakyReLU(0.1); the SPP
-# block is spelled out as plain layers (two 1×1 Convs, SP max-pools 5/9/13, Concat); nn.Upsample args as the yaml's.
-_LEAKY = "nn.LeakyReLU(0.1)"
-YOLOV7_TINY_LAYERS: Tuple[tuple, ...] = (
-    # backbone
-    (-1, "Conv", (32, 3, 2, None, 1, _LEAKY)),  # 0-P1/2
-    (-1, "Conv", (64, 3, 2, None, 1, _LEAKY)),  # 1-P2/4
-    (-1, "Conv", (32, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (32, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # 7
-    (-1, "MP", ()),  # 8-P3/8
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 14
-    (-1, "MP", ()),  # 15-P4/16
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (128, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 21
-    (-1, "MP", ()),  # 22-P5/32
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (256, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (256, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (256, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (512, 1, 1, None, 1, _LEAKY)),  # 28
-    # head
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (256, 1, 1, None, 1, _LEAKY)),
-    (-1, "SP", (5,)),
-    (-2, "SP", (9,)),
-    (-3, "SP", (13,)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),
-    ((-1, -7), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 37
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
-    (-1, "Upsample", (None, 2, "nearest")),
-    (21, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # route backbone P4
-    ((-1, -2), "Concat", (1,)),
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 47
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-1, "Upsample", (None, 2, "nearest")),
-    (14, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # route backbone P3
-    ((-1, -2), "Concat", (1,)),
-    (-1, "Conv", (32, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (32, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (32, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),  # 57
-    (-1, "Conv", (128, 3, 2, None, 1, _LEAKY)),
-    ((-1, 47), "Concat", (1,)),
-    (-1, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (64, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (64, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),  # 65
-    (-1, "Conv", (256, 3, 2, None, 1, _LEAKY)),
-    ((-1, 37), "Concat", (1,)),
-    (-1, "Conv", (128, 1, 1, None, 1, _LEAKY)),
-    (-2, "Conv", (128, 1, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
-    (-1, "Conv", (128, 3, 1, None, 1, _LEAKY)),
-    ((-1, -2, -3, -4), "Concat", (1,)),
-    (-1, "Conv", (256, 1, 1, None, 1, _LEAKY)),  # 73
-    (57, "Conv", (128, 3, 1, None, 1, _LEAKY)),
-    (65, "Conv", (256, 3, 1, None, 1, _LEAKY)),
-    (73, "Conv", (512, 3, 1, None, 1, _LEAKY)),
-    ((74, 75, 76), "IDetect", ()),  # Detect(P3, P4, P5)
-)
+LAYOUT_RAW_GRID = "raw_grid"  # ours and official export.py --grid: NMS still to do
+LAYOUT_EFFICIENT_NMS = "efficient_nms"  # official export.py --end2end: NMS done in the TensorRT engine
+LAYOUT_TENSORRTX_PROB = "tensorrtx_prob"  # a count + 1000 rows of 7, NMS still to do
+LAYOUT_ISARSOFT_DETECTIONS = "isarsoft_detections"  # K rows of 7, normalised, nothing done
+LAYOUT_NAMES = (LAYOUT_RAW_GRID, LAYOUT_EFFICIENT_NMS, LAYOUT_TENSORRTX_PROB, LAYOUT_ISARSOFT_DETECTIONS)
+MAX_NMS_CANDIDATES = 30000  # candidates per image that reach NMS at most, as the official code: bounds NMS's work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,14 +47,13 @@ class ModelSpec:
     """What one detector is: architecture, input, output layout and serving defaults."""
 
     name: str  # model name in the repository; the ensemble is f"{name}_e2e"
-    family: str  # "yolov7" (our PyTorch layer table) or "yolov4" (built from a darknet cfg)
+    # the built-in network: "yolov7…" a layer table of models/yolov7_layers.py, "yolov4…" a cfg of models/darknet.py
+    architecture: str
     input_size: Tuple[int, int]  # (height, width) the detector takes
-    strides: Tuple[int, ...]
     anchors: Tuple[Tuple[int, ...], ...]  # per level, pixel (w, h) pairs flattened, as in the official yaml
+    strides: Tuple[int, ...] = (8, 16, 32)  # of the levels: P3, P4, P5
     labels: Tuple[str, ...] = COCO80_NAMES
     layout: str = LAYOUT_RAW_GRID
-    layers: Tuple[tuple, ...] = YOLOV7_LAYERS  # yolov7 family: the official yaml's layer table
-    darknet_cfg: str = ""  # yolov4 family: the built-in cfg (yolo_triton.models.darknet) used when no .cfg is given
     scale_x_y: Tuple[float, ...] = ()  # darknet [yolo] scale_x_y per level (stride order); empty: 1.0 everywhere
     nms_top_k: int = 100  # LAYOUT_EFFICIENT_NMS: detections slots the engine's NMS returns (export.py --topk-all)
     plugins: Tuple[str, ...] = ()  # shared libraries the detector needs loaded into tritonserver (TensorRT plugins)
@@ -263,6 +66,11 @@ class ModelSpec:
     max_batch_size: int = 32
     preferred_batch_sizes: Tuple[int, ...] = (4, 8, 16)
     max_queue_delay_us: int = 2000
+
+    @property
+    def family(self) -> str:
+        """"yolov7" (our PyTorch layer tables) or "yolov4" (built from a darknet cfg)."""
+        return self.architecture.split("-")[0]
 
     @property
     def num_classes(self) -> int:
@@ -282,26 +90,6 @@ class ModelSpec:
         """K in [N, K, 5+nc]: anchors × grid cells summed over the levels."""
         h, w = self.input_size
         return sum(self.anchors_per_level * (h // s) * (w // s) for s in self.strides)
-
-    @property
-    def detector_outputs(self) -> Tuple[TensorSpec, ...]:
-        """What the detector returns per image for this spec's layout: the detector's config.pbtxt outputs and the
-        postprocess's inputs, checked against each other when the postprocess loads."""
-        if self.layout == LAYOUT_RAW_GRID:
-            return (TensorSpec(DETECTOR_OUTPUT, "TYPE_FP32", (self.num_candidates, self.num_outputs)),)
-        if self.layout == LAYOUT_EFFICIENT_NMS:
-            k = self.nms_top_k
-            return (
-                TensorSpec("num_dets", "TYPE_INT32", (1,)),
-                TensorSpec("det_boxes", "TYPE_FP32", (k, 4)),
-                TensorSpec("det_scores", "TYPE_FP32", (k,)),
-                TensorSpec("det_classes", "TYPE_INT32", (k,)),
-            )
-        if self.layout == LAYOUT_TENSORRTX_PROB:
-            return (TensorSpec("prob", "TYPE_FP32", (1 + 7 * TENSORRTX_MAX_BOXES, 1, 1)),)
-        if self.layout == LAYOUT_ISARSOFT_DETECTIONS:
-            return (TensorSpec("detections", "TYPE_FP32", (7 * self.num_candidates, 1, 1)),)
-        raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
 
     @property
     def ensemble_name(self) -> str:
@@ -328,42 +116,39 @@ class ModelSpec:
             raise ValueError(f"{self.name}: input size {self.input_size} must be a multiple of the largest stride {largest}")
         if len(self.anchors) != len(self.strides):
             raise ValueError(f"{self.name}: {len(self.anchors)} anchor levels for {len(self.strides)} strides")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        if self.layout not in LAYOUT_NAMES:
+            raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUT_NAMES)}")
         if self.scale_x_y and len(self.scale_x_y) != len(self.strides):
             raise ValueError(f"{self.name}: {len(self.scale_x_y)} scale_x_y values for {len(self.strides)} strides")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"{self.name}: thresholds must lie in [0, 1]")
 
 
+# the COCO anchors of YOLOv4 and YOLOv7 (P3, P4, P5): pixel (w, h) pairs per level
+COCO_ANCHORS = ((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401))
+
 YOLOV7 = ModelSpec(
     name="yolov7",
-    family="yolov7",
+    architecture="yolov7",
     input_size=(640, 640),
-    strides=(8, 16, 32),
-    anchors=((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401)),
+    anchors=COCO_ANCHORS,
 )
 
 # official cfg/training/yolov7-tiny.yaml (released yolov7-tiny.pt): 640 input, LeakyReLU(0.1), IDetect at strides
 # 8/16/32 with the yaml's anchors.
 YOLOV7_TINY = ModelSpec(
     name="yolov7_tiny",
-    family="yolov7",
+    architecture="yolov7-tiny",
     input_size=(640, 640),
-    strides=(8, 16, 32),
     anchors=((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326)),
-    layers=YOLOV7_TINY_LAYERS,
 )
 
 # darknet yolov4.cfg: 608 input, Mish, SPP, PAN; [yolo] layers at strides 8/16/32 with scale_x_y 1.2/1.1/1.05.
 YOLOV4 = ModelSpec(
     name="yolov4",
-    family="yolov4",
+    architecture="yolov4",
     input_size=(608, 608),
-    strides=(8, 16, 32),
-    anchors=((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401)),
-    layers=(),
-    darknet_cfg="yolov4",
+    anchors=COCO_ANCHORS,
     scale_x_y=(1.2, 1.1, 1.05),
 )
 
@@ -371,12 +156,10 @@ YOLOV4 = ModelSpec(
 # at stride 32 of anchors 10,14 23,27 37,58 81,82 135,169 344,319), scale_x_y 1.05.
 YOLOV4_TINY = ModelSpec(
     name="yolov4_tiny",
-    family="yolov4",
+    architecture="yolov4-tiny",
     input_size=(416, 416),
     strides=(16, 32),
     anchors=((23, 27, 37, 58, 81, 82), (81, 82, 135, 169, 344, 319)),
-    layers=(),
-    darknet_cfg="yolov4-tiny",
     scale_x_y=(1.05, 1.05),
 )
 
@@ -390,3 +173,57 @@ def get_spec(name: str) -> ModelSpec:
         return SPECS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(SPECS))}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionParams:
+    """Thresholds of one request: defaults from the postprocess config's ``parameters`` (the spec's), overridable
+    per request by Triton request parameters of these names."""
+
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 300
+
+    KEYS = ("conf_threshold", "iou_threshold", "max_detections")
+
+    def __post_init__(self):
+        for key in ("conf_threshold", "iou_threshold"):
+            value = getattr(self, key)
+            if not (isinstance(value, float) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{key} must be a number in [0, 1], got {value!r}")
+        if not (isinstance(self.max_detections, int) and 1 <= self.max_detections <= MAX_NMS_CANDIDATES):
+            raise ValueError(f"max_detections must be an integer in [1, {MAX_NMS_CANDIDATES}], got {self.max_detections!r}")
+
+    @classmethod
+    def of_spec(cls, spec: ModelSpec) -> "DetectionParams":
+        return cls(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
+
+    def updated(self, overrides: Optional[Mapping[str, object]]) -> "DetectionParams":
+        """These params with ``overrides`` applied; unknown keys and bad values raise ValueError."""
+        if not overrides:
+            return self
+        unknown = sorted(set(overrides) - set(self.KEYS))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(self.KEYS)}")
+        values = dataclasses.asdict(self)
+        for key, raw in overrides.items():
+            values[key] = _parse_number(key, raw, int if key == "max_detections" else float)
+        return DetectionParams(**values)
+
+    @classmethod
+    def from_request_json(cls, defaults: "DetectionParams", parameters_json: str) -> "DetectionParams":
+        """Triton's ``request.parameters()`` is a JSON object string."""
+        return defaults.updated(json.loads(parameters_json) if parameters_json else None)
+
+
+def _parse_number(key: str, raw: object, kind: type):
+    # Triton config parameters arrive as strings; request parameters as JSON numbers or strings.
+    if isinstance(raw, bool):
+        raise ValueError(f"{key} must be a number, got {raw!r}")
+    try:
+        value = kind(raw) if kind is float else int(str(raw), 10)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {raw!r}")
+    return value

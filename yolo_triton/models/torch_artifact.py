@@ -16,7 +16,7 @@ import torch
 
 from ..specs import ModelSpec
 
-FORMAT = "yolo_triton.torch/1"
+FORMAT = "yolo_triton.torch/2"  # /2: the spec names its architecture (no layer table, no family)
 
 
 def save_torch_artifact(model: torch.nn.Module, spec: ModelSpec, path: Union[str, os.PathLike],

@@ -2,7 +2,7 @@
 
 The network is assembled the way the official ``parse_model`` assembles it (same module order, same channel
 arithmetic, same ``model.<i>.…`` state-dict keys), so that official weights map onto it one-to-one. Layer tables:
-``specs.YOLOV7_LAYERS`` (cfg/deploy/yolov7.yaml) and ``specs.YOLOV7_TINY_LAYERS`` (cfg/training/yolov7-tiny.yaml).
+``yolov7_layers.LAYER_TABLES`` (cfg/deploy/yolov7.yaml, cfg/training/yolov7-tiny.yaml), by ``spec.architecture``.
 Only what inference needs is here: no loss, no training-time augmentation.
 
 Public API:
@@ -30,6 +30,7 @@ from torch import nn
 
 from ..specs import SPECS, ModelSpec
 from .checkpoint import CheckpointError, load_official_checkpoint
+from .yolov7_layers import LAYER_TABLES
 
 LOGGER = logging.getLogger("yolo_triton")
 
@@ -356,7 +357,9 @@ def build_model(spec: ModelSpec) -> YoloModel:
     ch: List[int] = [3]  # output channels per layer; starts with the image channels for layer 0's "-1"
     layers: List[nn.Module] = []
     save: List[int] = []
-    for i, (f, name, args) in enumerate(spec.layers):
+    if spec.architecture not in LAYER_TABLES:
+        raise ValueError(f"{spec.name}: no YOLOv7 layer table {spec.architecture!r}; known: {', '.join(LAYER_TABLES)}")
+    for i, (f, name, args) in enumerate(LAYER_TABLES[spec.architecture]):
         args = tuple(args)
         if name in ("Conv", "RepConv"):
             c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
@@ -526,6 +529,32 @@ def save_weights(model: YoloModel, path: Union[str, os.PathLike]) -> None:
     torch.save(model.state_dict(), os.fspath(path))
 
 
+def spec_of_checkpoint(spec: ModelSpec, info: dict, take_names: bool = True) -> ModelSpec:
+    """``spec`` as an official checkpoint says its network is: the width and depth multiples and anchors of its own
+    yaml, and (``take_names``) its class names (a model trained on another dataset). The layer table stays the
+    spec's: a checkpoint of another architecture still fails to load, with a hint. Our state-dict files carry
+    neither: ``spec`` as is."""
+    yaml = info.get("yaml") if isinstance(info.get("yaml"), dict) else {}
+    changes = {key: float(yaml[key]) for key in ("width_multiple", "depth_multiple")
+               if isinstance(yaml.get(key), (int, float))}
+    anchors = yaml.get("anchors")
+    if isinstance(anchors, (list, tuple)) and all(isinstance(level, (list, tuple)) for level in anchors):
+        changes["anchors"] = tuple(tuple(int(v) for v in level) for level in anchors)
+    names = info.get("names")
+    if take_names and names and (not isinstance(info.get("nc"), int) or len(names) == info["nc"]):
+        changes["labels"] = tuple(str(n) for n in names)
+    return spec.with_overrides(**changes) if changes else spec
+
+
+def model_from_weights(spec: ModelSpec, path: Union[str, os.PathLike], take_names: bool = True) -> YoloModel:
+    """The network of ``spec`` fitted to an official checkpoint (:func:`spec_of_checkpoint`, see ``model.spec``) or
+    to our state dict, with its weights loaded (as :func:`load_weights`)."""
+    state, info = load_official_checkpoint(path)
+    model = build_model(spec_of_checkpoint(spec, info, take_names))
+    _load_state(model, state, info)
+    return model
+
+
 def load_weights(model: YoloModel, path: Union[str, os.PathLike]) -> YoloModel:
     """Load a weights file into ``model``, strictly (every tensor of the model, each of the right shape).
 
@@ -581,7 +610,7 @@ def _mismatch_hints(model: YoloModel, state: dict, info: dict) -> List[str]:
         return [f"no model.<i>.… keys: not a YOLOv7 network{what}"]
     n_ckpt = info.get("num_layers") or (max(layers) + 1 if layers else 0)
     if n_ckpt and n_ckpt != len(model.model):
-        fits = [s.name for s in SPECS.values() if s.family == "yolov7" and len(s.layers) == n_ckpt]
+        fits = [s.name for s in SPECS.values() if s.family == "yolov7" and len(LAYER_TABLES[s.architecture]) == n_ckpt]
         hint = f"the checkpoint has {n_ckpt} layers, model {spec.name} has {len(model.model)}"
         if fits:
             pretty = " or ".join(f"a {n.replace('_', '-')} checkpoint? use --model {n}" for n in fits)

@@ -1,10 +1,12 @@
-"""Helpers shared by the Python-backend models: config parameters and per-request error responses."""
+"""Helpers shared by the Python-backend models: config parameters, per-request error responses, logging, step
+timings, and tensors moved between Triton and PyTorch without copies (DLPack; torch imported only by the steps
+that use it)."""
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Dict, List
+from typing import List
 
 import triton_python_backend_utils as pb_utils
 
@@ -68,9 +70,30 @@ class StepTimes:
             self.file = None
 
 
-def config_parameters(model_config: dict) -> Dict[str, str]:
-    """``parameters { key: "k" value: { string_value: "v" } }`` of config.pbtxt as a plain dict."""
-    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+def request_slices(parts) -> List[slice]:
+    """Where each request's part (anything with a length: its images) lies in the batch stacked from all of them."""
+    slices, start = [], 0
+    for part in parts:
+        slices.append(slice(start, start + len(part)))
+        start += len(part)
+    return slices
+
+
+class ConfigParameters(dict):
+    """``parameters { key: "k" value: { string_value: "v" } }`` of a config.pbtxt. No defaults here: the configs
+    are generated with every parameter their step reads (yolo_triton/repository.py), so a missing one is an error."""
+
+    def __init__(self, model_config: dict):
+        super().__init__({key: value["string_value"] for key, value in model_config.get("parameters", {}).items()})
+        self.model = model_config.get("name", "?")
+
+    def __missing__(self, key: str):
+        raise pb_utils.TritonModelException(f"the config of model {self.model} has no parameter {key!r}: write the "
+                                            "repository with `make build-engines` (yolo_triton/repository.py)")
+
+
+def config_parameters(model_config: dict) -> ConfigParameters:
+    return ConfigParameters(model_config)
 
 
 def parse_model_config(args: dict) -> dict:
@@ -85,3 +108,29 @@ def error_response(message: str, code=None) -> "pb_utils.InferenceResponse":
 
 def output_dtype(model_config: dict, name: str):
     return pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(model_config, name)["data_type"])
+
+
+def input_tensor(request, name: str):
+    """A request's input as a torch tensor where Triton put it (GPU when the config allows GPU inputs)."""
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(pb_utils.get_input_tensor_by_name(request, name).to_dlpack())
+
+
+def output_tensor(name: str, tensor) -> "pb_utils.Tensor":
+    from torch.utils.dlpack import to_dlpack
+
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
+
+
+def pick_device(args: dict):
+    """The GPU Triton placed this model instance on (KIND_GPU, one instance per listed GPU), else the CPU.
+
+    Made the current device too: CUDA graphs, nvJPEG and the default stream then all work on this GPU, not GPU 0."""
+    import torch
+
+    if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        device = torch.device("cuda", int(args["model_instance_device_id"]))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")

@@ -1,5 +1,5 @@
 """Postprocess on the GPU: the raw-grid detector output stays on the GPU (DLPack); thresholds and NMS for every
-image of the scheduler's batch run there in one go (``yolo_triton.gpu.postprocess_batch``); only the final boxes
+image of the scheduler's batch run there in one go (``pipeline.gpu_postprocess.postprocess_batch``); only the final boxes
 come to the host. Other layouts (their NMS is done or tiny) use the CPU postprocess unchanged."""
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import postprocess_batch, warm_up_postprocess
-from yolo_triton.postprocess import DetectionParams
+from yolo_triton.pipeline.gpu_postprocess import postprocess_batch, warm_up_postprocess
+from yolo_triton.specs import DetectionParams
 
 from . import postprocess as cpu
-from .common import StepTimes, error_response
-from .torch_common import input_tensor, pick_device
+from .common import StepTimes, error_response, input_tensor, pick_device, request_slices
 
 
 class TritonPythonModel(cpu.TritonPythonModel):
@@ -55,14 +54,11 @@ class TritonPythonModel(cpu.TritonPythonModel):
             except RuntimeError:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
                 torch.cuda.empty_cache()
         self.times.lap()
-        start = 0
-        for index, prediction, meta in zip(good, predictions, metas):
-            stop = start + len(prediction)
+        for index, prediction, meta, part in zip(good, predictions, metas, request_slices(predictions)):
             if results is None:  # the batch failed as a whole: each request alone, so only the culprit fails
-                responses[index] = self._answer_alone(prediction, meta, params[start:stop])
+                responses[index] = self._answer_alone(prediction, meta, params[part])
             else:
-                responses[index] = self._answer(results[start:stop])
-            start = stop
+                responses[index] = self._answer(results[part])
         self.times.lap()
         self.times.end(len(params))
         return responses

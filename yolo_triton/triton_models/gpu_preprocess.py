@@ -8,12 +8,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import preprocess_batch, warm_up_preprocess
-from yolo_triton.preprocess import ImageDecodeError
+from yolo_triton.pipeline.decode import ImageDecodeError
+from yolo_triton.pipeline.gpu_preprocess import preprocess_batch, warm_up_preprocess
 
 from . import preprocess as cpu
-from .common import StepTimes, error_response
-from .torch_common import output_tensor, pick_device
+from .common import StepTimes, error_response, output_tensor, pick_device, request_slices
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -40,10 +39,9 @@ class TritonPythonModel(cpu.TritonPythonModel):
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
         self.times.lap()
-        responses, start = [], 0
-        for encoded in per_request:
-            stop = start + len(encoded)
-            failed = [(i, e) for i, e in enumerate(errors[start:stop]) if e is not None]
+        responses = []
+        for encoded, part in zip(per_request, request_slices(per_request)):
+            failed = [(i, e) for i, e in enumerate(errors[part]) if e is not None]
             if failed:
                 index, error = failed[0]
                 where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if len(encoded) > 1 else ""
@@ -51,10 +49,9 @@ class TritonPythonModel(cpu.TritonPythonModel):
                 responses.append(error_response(f"{where}{kind}{error}"))
             else:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    output_tensor(specs.DETECTOR_INPUT, batch[start:stop]),
-                    pb_utils.Tensor(specs.LETTERBOX_META, metas[start:stop]),
+                    output_tensor(specs.DETECTOR_INPUT, batch[part]),
+                    pb_utils.Tensor(specs.LETTERBOX_META, metas[part]),
                 ]))
-            start = stop
         self.times.lap()
         self.times.end(len(items))
         return responses

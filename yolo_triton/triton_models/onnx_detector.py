@@ -13,16 +13,16 @@ import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
 
-from .common import config_parameters, error_response, logger, parse_model_config
+from .common import config_parameters, error_response, logger, parse_model_config, request_slices
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         params = config_parameters(config)
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
         options = ort.SessionOptions()
-        threads = int(params.get("intra_op_threads", "0"))  # 0: onnxruntime picks (all cores)
+        threads = int(params["intra_op_threads"])  # 0: onnxruntime picks (all cores)
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
@@ -61,13 +61,9 @@ class TritonPythonModel:
             outputs = self._run(np.concatenate(images) if len(images) > 1 else images[0])
         except Exception as error:  # an onnxruntime failure fails this batch's requests, not the server
             return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
-        responses, start = [], 0
-        for image in images:
-            stop = start + len(image)
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop])) for name, out in zip(self.output_names, outputs)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start = stop
-        return responses
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(out[part]))
+                                                           for name, out in zip(self.output_names, outputs)])
+                for part in request_slices(images)]
 
     def _run(self, batch):
         # a scheduler batch never exceeds max_batch_size, but client-side batches stacked together could

@@ -13,8 +13,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.postprocess import DetectionParams, check_detector_outputs, postprocess
-from yolo_triton.preprocess import LetterboxMeta
+from yolo_triton.boxes import LetterboxMeta
+from yolo_triton.layouts import check_detector_outputs
+from yolo_triton.pipeline.postprocess import postprocess
+from yolo_triton.specs import DetectionParams
 from yolo_triton.repository import check_against_detector_config
 
 from .common import config_parameters, error_response, parse_model_config
@@ -28,7 +30,7 @@ class TritonPythonModel:
         self.input_size = tuple(int(v) for v in params["input_size"].split(","))
         with open(os.path.join(args["model_repository"], params["labels_file"]), encoding="utf-8") as labels_file:
             self.labels = np.array([line.rstrip("\n").encode() for line in labels_file], dtype=object)
-        self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS if key in params})
+        self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS})
         self.detector_outputs = [
             specs.TensorSpec(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
             for t in config["input"] if t["name"] != specs.LETTERBOX_META

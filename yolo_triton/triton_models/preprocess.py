@@ -5,7 +5,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.preprocess import META_SIZE, DecodeLimits, ImageDecodeError, preprocess_image
+from yolo_triton.boxes import META_SIZE
+from yolo_triton.pipeline.decode import DecodeLimits, ImageDecodeError
+from yolo_triton.pipeline.preprocess import preprocess_image
 
 from .common import config_parameters, error_response, output_dtype, parse_model_config
 
@@ -18,10 +20,10 @@ class TritonPythonModel:
         # the detector's input size is read from this model's own output dims, which the spec generated
         self.target_hw = (int(image_dims[1]), int(image_dims[2]))
         self.image_dtype = output_dtype(config, specs.DETECTOR_INPUT)
-        self.pad_value = int(params.get("pad_value", 114))
+        self.pad_value = int(params["pad_value"])
         self.limits = DecodeLimits(
-            max_bytes=int(params.get("max_image_bytes", DecodeLimits.max_bytes)),
-            max_pixels=int(params.get("max_image_pixels", DecodeLimits.max_pixels)),
+            max_bytes=int(params["max_image_bytes"]),
+            max_pixels=int(params["max_image_pixels"]),
         )
 
     def execute(self, requests):

@@ -1,9 +1,9 @@
 """Detector for RUNTIME=torch: our own PyTorch YOLOv7 / YOLOv4 modules, for GPU hosts without TensorRT.
 
-The weights are the artifact ``build/create_onnx.py --save-torch`` wrote next to the ONNX (same network). On a
-GPU instance: FP16, channels_last, cuDNN autotuning, ``torch.compile`` (parameter torch_compile, which our configs
-always set; a config without it loads uncompiled, fast; if compiling fails, the uncompiled network, with a
-warning) and one CUDA graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
+The weights are the artifact ``python -m build.create_onnx --save-torch`` wrote next to the ONNX (same network). On
+a GPU instance: FP16, channels_last, cuDNN autotuning, ``torch.compile`` (config parameter torch_compile, from the
+placement; "off" loads fast; if compiling fails, the uncompiled network, with a warning) and one CUDA graph per
+batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
 bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host
 without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a GPU preprocess hands its tensor
 over without a host copy. Output: FP32 raw grid, as the ONNX's.
@@ -17,11 +17,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.gpu import GraphRunner, batch_buckets, compile_detector, prepare_for_gpu
+from yolo_triton.pipeline.gpu_detector import GraphRunner, batch_buckets, compile_detector, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
-from .common import StepTimes, config_parameters, error_response, logger, parse_model_config
-from .torch_common import input_tensor, output_tensor, pick_device
+from .common import (StepTimes, config_parameters, error_response, input_tensor, logger, output_tensor,
+                     parse_model_config, pick_device, request_slices)
 
 
 class TritonPythonModel:
@@ -29,19 +29,19 @@ class TritonPythonModel:
         config = parse_model_config(args)
         params = config_parameters(config)
         self.device = pick_device(args)
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("torch_file", "model.pt"))
+        path = os.path.join(args["model_repository"], args["model_version"], params["torch_file"])
         model, spec = load_torch_artifact(path)
         if model.artifact_meta.get("random_weights") == "true":
             logger.warning("%s: RANDOM WEIGHTS (seed %s): boxes from this model are meaningless", args["model_name"],
                            model.artifact_meta.get("seed"))
         self.max_batch_size = max(1, int(config.get("max_batch_size", 1)))
         gpu = self.device.type == "cuda"
-        half = gpu and params.get("half", "true") == "true"
+        half = gpu and params["half"] == "true"
         self.dtype = torch.float16 if half else torch.float32
         self.model = model = prepare_for_gpu(model, self.device, self.dtype) if gpu else model.to(self.device)
         self.runner, self.compiled = None, "off"
-        if gpu and params.get("cuda_graphs", "true") == "true":
-            self.runner, self.compiled = self._capture(model, spec, params.get("torch_compile", "off"), args["model_name"])
+        if gpu and params["cuda_graphs"] == "true":
+            self.runner, self.compiled = self._capture(model, spec, params["torch_compile"], args["model_name"])
         logger.info("%s: %s on %s, %s, torch.compile %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
                     self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
         self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"])
@@ -83,11 +83,8 @@ class TritonPythonModel:
             self.times.lap()
         except Exception as error:  # a failure fails this batch's requests, not the server
             return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
-        responses, start = [], 0
-        for image in images:
-            stop = start + len(image)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, outputs[start:stop])]))
-            start = stop
+        responses = [pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, outputs[part])])
+                     for part in request_slices(images)]
         self.times.lap()
         self.times.end(len(outputs))
         return responses

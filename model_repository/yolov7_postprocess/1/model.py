@@ -1,2 +1,0 @@
-"""Triton Python model `yolov7_postprocess`: the code is yolo_triton/triton_models/postprocess.py (generated shim)."""
-from yolo_triton.triton_models.postprocess import TritonPythonModel  # noqa: F401

@@ -1,0 +1,124 @@
+"""Encoded images → the detector's input batch on the GPU: the semantics of ``pipeline/preprocess.py``.
+
+- decode: JPEG with nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``, all images of a batch in one call);
+  PNG/BMP/WebP (and any host without CUDA) with the CPU decoder, then uploaded. Every input goes through the
+  same header check and limits first (``decode.check_encoded``); EXIF orientation is applied as OpenCV does.
+- letterbox: the geometry of ``boxes.Letterbox``; bilinear resize (half-pixel centres, no antialias, as
+  ``cv2.INTER_LINEAR``), rounded to 8-bit levels as OpenCV's uint8 output is, padded with 114, RGB, 0..1 —
+  straight into one batch tensor.
+
+Not bit-identical to the CPU path: nvJPEG's IDCT and OpenCV's fixed-point resize differ from libjpeg's and from
+float bilinear by a level here and there, so boxes agree to a tolerance (tests/gpu/test_gpu.py).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..boxes import META_SIZE, Letterbox, LetterboxMeta
+from .decode import DecodeLimits, Header, ImageDecodeError, check_encoded, decode_image
+
+
+def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (2..8) to a C×H×W image, as OpenCV's IMREAD_COLOR does.
+
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+    """
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(-1, -2)
+    if orientation in (2, 3, 6, 7):
+        image = image.flip(-1)
+    if orientation in (3, 4, 7, 8):
+        image = image.flip(-2)
+    return image.contiguous()
+
+
+def decode_images(items: Sequence[bytes], device: Union[str, torch.device], limits: DecodeLimits = DecodeLimits()
+                  ) -> List[Union[torch.Tensor, ImageDecodeError]]:
+    """Encoded images → RGB uint8 3×H×W tensors on ``device`` (or the error of each image that fails)."""
+    device = torch.device(device)
+    out: List[Union[torch.Tensor, ImageDecodeError, None]] = [None] * len(items)
+    checked: List[Tuple[int, np.ndarray, Header]] = []
+    for index, data in enumerate(items):
+        try:
+            buffer, header = check_encoded(data, limits)
+            checked.append((index, buffer, header))
+        except ImageDecodeError as error:
+            out[index] = error
+    jpegs = [(i, b, h) for i, b, h in checked if h.is_jpeg] if device.type == "cuda" else []
+    if jpegs:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        datas = [torch.from_numpy(b.copy()) for _, b, _ in jpegs]  # writable: torch refuses read-only buffers
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad JPEG fails nvJPEG's whole batch: decode one by one to find it
+            decoded = []
+            for data in datas:
+                try:
+                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+        for (index, buffer, header), image in zip(jpegs, decoded):
+            if image is None:  # nvJPEG refused it (progressive/corrupt): the CPU decoder decides
+                out[index] = None
+                continue
+            out[index] = _orient(image, header.orientation)
+    for index, buffer, header in checked:
+        if out[index] is None:
+            try:  # CPU path: OpenCV (BGR, EXIF applied) → RGB tensor
+                out[index] = torch.from_numpy(np.ascontiguousarray(decode_image(buffer, limits)[:, :, ::-1].transpose(2, 0, 1))).to(device)
+            except ImageDecodeError as error:
+                out[index] = error
+    return out
+
+
+def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: int = 114) -> LetterboxMeta:
+    """Letterbox a RGB uint8 3×h×w image into ``canvas`` (3×H×W float, written in full) as 0..1 values."""
+    _, h0, w0 = image.shape
+    geometry = Letterbox((h0, w0), tuple(canvas.shape[-2:]))
+    new_h, new_w = geometry.resized_hw
+    top, _, left, _ = geometry.padding
+    canvas.fill_(pad_value / 255.0)
+    if (new_h, new_w) != (h0, w0):
+        resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                antialias=False)[0]
+        resized = resized.round_().clamp_(0, 255)  # OpenCV's uint8 output levels
+    else:
+        resized = image.float()
+    canvas[:, top : top + new_h, left : left + new_w] = resized / 255.0
+    return geometry.meta
+
+
+def preprocess_batch(items: Sequence[bytes], target_hw: Tuple[int, int], device, pad_value: int = 114,
+                     limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32):
+    """Encoded images → (N×3×H×W tensor on ``device``, metas [N, 5] float32 numpy, per-image error or None)."""
+    decoded = decode_images(items, device, limits)
+    batch = torch.empty((len(items), 3, *target_hw), dtype=dtype, device=device)
+    metas = np.zeros((len(items), META_SIZE), np.float32)
+    errors: List[Optional[Exception]] = [None] * len(items)
+    for index, image in enumerate(decoded):
+        if isinstance(image, Exception):
+            errors[index] = image
+            continue
+        metas[index] = letterbox_into(image, batch[index], pad_value).to_array()
+    return batch, metas, errors
+
+
+def warm_up_preprocess(target_hw: Tuple[int, int], device: torch.device, pad_value: int = 114,
+                       limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32) -> None:
+    """Run ``preprocess_batch`` once on two synthetic 640×480 JPEGs, at load.
+
+    A process's first nvJPEG decode and first letterbox load nvJPEG and CUDA's lazily loaded kernels: a stall of
+    more than a second (docs/gpu.md) that the first request, and a benchmark's first window, would otherwise pay."""
+    import cv2
+
+    y, x = np.mgrid[0:480, 0:640]
+    pattern = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", pattern)[1].tobytes()
+    preprocess_batch([jpeg], target_hw, device, pad_value, limits, dtype)
+    preprocess_batch([jpeg, jpeg], target_hw, device, pad_value, limits, dtype)
+    torch.cuda.synchronize(device)
