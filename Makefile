@@ -7,6 +7,8 @@
 #   make bench            detector alone vs ensembles vs client preprocessing, against the running server (build/bench)
 #   make soak             10,000 requests at concurrency 64, 10 % malformed, against the running server (build/soak)
 #   make fuzz             the decoders under 100,000 hypothesis inputs
+#   make eval             COCO mAP of the running server's MODEL: ANNOTATIONS=instances.json IMAGES=dir/ [CONF=0.001
+#                         IOU=0.65 MAX_DET=300]; REFERENCE=other_ensemble|host:port[/name] scores it against another
 #
 # The variables a user sets (each default lives in the script it reaches; `--help` there lists the expert flags):
 #   DEVICE=cpu|gpu        the preset: runtime, where pre/post run, instances, torch.compile, MPS (yolo_triton/placement.py)
@@ -41,7 +43,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PLACEMENT = --device $(DEVICE) $(if $(RUNTIME),--runtime $(RUNTIME)) --models $(MODELS)
 
-.PHONY: help venv system-deps build-engines repository serve test perf bench fuzz soak clean clean-artifacts
+.PHONY: help venv system-deps build-engines repository serve test perf bench fuzz soak eval clean clean-artifacts
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -94,6 +96,12 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) -m tools.soak -u $(URL) -m $(MODEL) $(ARGS)
+
+# eval's own variables, passed on only when set (the defaults, the official test.py's, live in tools/eval.py)
+eval: $(STAMP)
+	$(PY) -m tools.eval -u $(URL) -m $(MODEL) $(if $(ANNOTATIONS),--annotations $(ANNOTATIONS)) \
+	  $(if $(IMAGES),--images $(IMAGES)) $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(CONF),--conf $(CONF)) \
+	  $(if $(IOU),--iou $(IOU)) $(if $(MAX_DET),--max-det $(MAX_DET)) $(ARGS)
 
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100000} $(PY) -m pytest tests/server/test_bad_inputs.py -k fuzz -p no:cacheprovider -q \

@@ -103,8 +103,8 @@ def test_official_checkpoint_is_served_with_the_official_boxes(runtime, tmp_path
     done = build(tmp_path, runtime, WEIGHTS="yolov7-narrow.pt")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     serve_and_check(tmp_path / "repository", tmp_path)
-    labels = (tmp_path / "repository" / f"{MODEL}_postprocess" / "labels.txt").read_text().splitlines()
-    assert labels == list(specs.COCO80_NAMES)  # the checkpoint's model.names, which are COCO's
+    post = read_model_config(tmp_path / "repository" / f"{MODEL}_postprocess" / "config.pbtxt")
+    assert json.loads(post.parameters["labels"].string_value) == list(specs.COCO80_NAMES)  # the checkpoint's names
 
 
 @pytest.mark.parametrize("fixture", ["yolov7-narrow-e2e-trt.onnx", "yolov7-narrow-e2e-trt-dynbatch-simplify.onnx",

@@ -5,6 +5,7 @@ serve exactly the models it asked for (the ensembles of earlier lines stay in mo
 loaded), answer a photo, and stop cleanly on Ctrl-C."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -18,6 +19,7 @@ import torch
 
 from yolo_triton import specs
 from yolo_triton.models import darknet, yolov7
+from yolo_triton.repository import read_model_config
 from yolo_triton.serving.triton import free_ports
 
 from ..helpers import ROOT, client_for, infer_images
@@ -119,4 +121,5 @@ def test_readme_serve_lines_from_a_fresh_checkout(user_files, tmp_path):
         text = log.read_text()
         # make reports the interrupt with its own exit status; what matters is the server's clean stop
         assert "successfully unloaded" in text and "Traceback" not in text, (code, text[-3000:])
-    assert (repository / "yolov4_tiny_postprocess" / "labels.txt").read_text().split() == CUSTOM_NAMES
+    post = read_model_config(repository / "yolov4_tiny_postprocess" / "config.pbtxt")
+    assert json.loads(post.parameters["labels"].string_value) == CUSTOM_NAMES

@@ -2,6 +2,7 @@
 what a build writes is ignored by git (a build never dirties the work tree)."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -40,8 +41,7 @@ def test_configs_follow_the_spec(tmp_path):
     steps = found[spec.ensemble_name].ensemble_scheduling.step
     assert [s.model_name for s in steps] == [spec.preprocess_name, spec.name, spec.postprocess_name]
     assert dict(steps[2].input_map) == {n: n for n in (specs.DETECTOR_OUTPUT, specs.LETTERBOX_META)}
-    labels = (tmp_path / spec.postprocess_name / "labels.txt").read_text().splitlines()
-    assert labels == list(specs.COCO80_NAMES)
+    assert json.loads(post.parameters["labels"].string_value) == list(specs.COCO80_NAMES)
 
 
 @pytest.mark.parametrize("layout", specs.LAYOUT_NAMES)

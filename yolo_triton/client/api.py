@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import json
 import time
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -159,9 +160,20 @@ class Detector:
     def model_metadata(self) -> dict:
         return self._query("get_model_metadata", self.model)
 
-    def model_config(self) -> dict:
-        config = self._query("get_model_config", self.model)
+    def model_config(self, model: Optional[str] = None) -> dict:
+        """The config of this ensemble (or of ``model``, e.g. one of its steps) as the server has it."""
+        config = self._query("get_model_config", model or self.model)
         return config.get("config", config)  # gRPC wraps it in {"config": ...}
+
+    def class_names(self) -> List[str]:
+        """The ensemble's class names in class-id order: the ``labels`` parameter of its last step (the
+        postprocess), as the build wrote it."""
+        steps = self.model_config().get("ensemble_scheduling", {}).get("step", [])
+        postprocess = steps[-1]["model_name"] if steps else self.model
+        labels = self.model_config(postprocess).get("parameters", {}).get("labels", {}).get("string_value")
+        if not labels:
+            raise WrongModel(f"model {postprocess!r} declares no class names (config parameter labels)")
+        return json.loads(labels)
 
     def statistics(self) -> dict:
         """The server's inference statistics of this model (counts and cumulative times per stage; with several

@@ -7,6 +7,7 @@ that layout and against the outputs the detector's own config.pbtxt declares.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -28,8 +29,7 @@ class TritonPythonModel:
         params = config_parameters(config)
         self.layout = params["layout"]
         self.input_size = tuple(int(v) for v in params["input_size"].split(","))
-        with open(os.path.join(args["model_repository"], params["labels_file"]), encoding="utf-8") as labels_file:
-            self.labels = np.array([line.rstrip("\n").encode() for line in labels_file], dtype=object)
+        self.labels = np.array([name.encode() for name in json.loads(params["labels"])], dtype=object)
         self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS})
         self.detector_outputs = [
             specs.TensorSpec(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
