@@ -63,6 +63,8 @@ class BuildSettings:
     calib_images: Optional[Path] = None
     calib_cache: Optional[Path] = None
     calib_max_images: int = 512
+    fit: str = "letterbox"  # how calibration images are fitted to the input: the model's own (boxes.Letterbox)
+    pad_value: float = 114
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -85,16 +87,18 @@ def calibration_files(folder: Path, limit: int) -> List[Path]:
     return files[:limit]
 
 
-def calibration_batches(files: Sequence[Path], input_hw, batch: int, pad_value: int = 114):
+def calibration_batches(files: Sequence[Path], input_hw, batch: int, pad_value: float = 114, fit: str = "letterbox"):
     """FP32 NCHW batches preprocessed exactly as the server preprocesses requests (decode, letterbox, scale)."""
     from yolo_triton.pipeline.preprocess import preprocess_image
 
     for start in range(0, len(files) - batch + 1, batch):  # a partial last batch is dropped: TensorRT wants full ones
-        tensors = [preprocess_image(Path(f).read_bytes(), input_hw, pad_value)[0] for f in files[start : start + batch]]
+        tensors = [preprocess_image(Path(f).read_bytes(), input_hw, pad_value, fit=fit)[0]
+                   for f in files[start : start + batch]]
         yield np.ascontiguousarray(np.stack(tensors), dtype=np.float32)
 
 
-def make_entropy_calibrator(trt, files: Sequence[Path], input_hw, batch: int, cache: Optional[Path]):
+def make_entropy_calibrator(trt, files: Sequence[Path], input_hw, batch: int, cache: Optional[Path],
+                            pad_value: float = 114, fit: str = "letterbox"):
     """An ``IInt8EntropyCalibrator2`` over ``files``; device copies with cuda-python (as TensorRT's samples)."""
     from cuda import cudart  # cuda-python: in NGC containers, `pip install cuda-python` elsewhere
 
@@ -107,7 +111,7 @@ def make_entropy_calibrator(trt, files: Sequence[Path], input_hw, batch: int, ca
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = calibration_batches(files, input_hw, batch)
+            self.batches = calibration_batches(files, input_hw, batch, pad_value, fit)
             self.nbytes = batch * 3 * input_hw[0] * input_hw[1] * 4
             self.device = check(cudart.cudaMalloc(self.nbytes))
             self.done = 0
@@ -218,7 +222,8 @@ class EngineBuilder:
             files = calibration_files(settings.calib_images, settings.calib_max_images) if settings.calib_images else []
             hw = tuple(int(d) for d in self.input.shape[2:])
             # TensorRT calibrates at the profile's opt shape: the calibration batches must be exactly that size
-            self.config.int8_calibrator = make_entropy_calibrator(trt, files, hw, settings.opt_batch, settings.calib_cache)
+            self.config.int8_calibrator = make_entropy_calibrator(trt, files, hw, settings.opt_batch, settings.calib_cache,
+                                                                  settings.pad_value, settings.fit)
             self.config.set_calibration_profile(self.profile)
 
     def _load_timing_cache(self):
@@ -278,6 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=Path, help="int8: folder of representative images")
     parser.add_argument("--calib-cache", type=Path, help="int8: calibration cache to read/write")
     parser.add_argument("--calib-max-images", type=int, default=512)
+    parser.add_argument("--fit", default="letterbox", help="how calibration images are fitted: the model's (boxes.FITS)")
+    parser.add_argument("--pad-value", type=float, default=114, help="the fit's fill, 0..255")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -287,6 +294,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         precision=args.precision, min_batch=args.batch[0], opt_batch=args.batch[1], max_batch=args.batch[2],
         workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, plugins=tuple(args.plugin),
         calib_images=args.calib_images, calib_cache=args.calib_cache, calib_max_images=args.calib_max_images,
+        fit=args.fit, pad_value=args.pad_value,
     )
 
 

@@ -135,6 +135,8 @@ def spec_for_artifact(spec: specs.ModelSpec, onnx_path: Path, runtime: str,
     labels = read_labels(labels_file) if labels_file else None
     if labels is None and "labels" in info.metadata:
         labels = json.loads(info.metadata["labels"])
+    if "fit" in info.metadata:  # our exporter's: how the network expects its images (a darknet cfg's letter_box)
+        spec = spec.with_overrides(fit=info.metadata["fit"], pad_value=float(info.metadata["pad_value"]))
     return onnx_import.spec_for_onnx(spec, info, labels=labels)
 
 
@@ -165,6 +167,7 @@ def builder_arguments(args: argparse.Namespace, onnx_path: Path, plan: Path, spe
     command = ["--onnx", str(onnx_path), "--engine", str(plan), "--precision", args.precision, "--batch", *batch,
                "--workspace-mib", str(args.workspace_mib), "--timing-cache", str(args.artifacts / "trt" / "timing.cache")]
     if args.precision == "int8":
+        command += ["--fit", spec.fit, "--pad-value", str(spec.pad_value)]  # calibrate on the model's own input
         if args.calib_images:
             command += ["--calib-images", str(args.calib_images)]
         command += ["--calib-cache", str(args.artifacts / "trt" / f"{spec.name}.calib")]
@@ -227,6 +230,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="of the random weights of a model given none")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODEL=PATH",
                         help="a plugin library the detector MODEL needs (repeatable); `make serve` preloads it")
+    parser.add_argument("--fit", action="append", default=[], metavar="MODEL=FIT[:FILL]",
+                        help="how MODEL's images are fitted to its input: letterbox (YOLOv7's), darknet (darknet's "
+                             "letter_box=1), stretch; FILL on the 0..255 scale (e.g. yolov4=darknet:128 as tensorrtx); "
+                             "default: the model's own (a darknet cfg's letter_box)")
     parser.add_argument("--configs-only", action="store_true",
                         help="write the repository's configs from the specs, build no detector (`make repository`)")
     placement = parser.add_argument_group("the preset's fields, one by one (default: the preset's)")
@@ -272,17 +279,29 @@ def plugins_by_model(items) -> Dict[str, tuple]:
     return plugins
 
 
+def fits_by_model(items) -> Dict[str, dict]:
+    fits: Dict[str, dict] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        fit, _, fill = value.partition(":")
+        if not sep or not name or not fit:
+            raise SystemExit(f"build-engines: --fit wants MODEL=FIT[:FILL], got {item!r}")
+        fits[name] = {"fit": fit, **({"pad_value": float(fill)} if fill else {})}
+    return fits
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     placement = placement_for(args)
     plugins = plugins_by_model(args.plugin)
+    fits = fits_by_model(args.fit)
     model_specs, onnx_files, torch_files = [], {}, {}
     for name in args.models:
         spec = specs.get_spec(name)
         if name in plugins:
             spec = spec.with_overrides(plugins=plugins[name])
         if args.configs_only:
-            model_specs.append(spec)
+            model_specs.append(spec.with_overrides(**fits.get(name, {})))
             continue
         onnx_path = build_onnx(spec, args.artifacts, args.seed, dict(os.environ))
         if placement.runtime == "torch":
@@ -293,6 +312,8 @@ def main(argv=None) -> int:
         if placement.runtime == "tensorrt" and args.end2end:
             onnx_path = with_end2end_nms(onnx_path, args.artifacts, name, args.nms_conf, args.nms_iou, args.nms_top_k)
         spec = spec_for_artifact(spec, onnx_path, placement.runtime, user_inputs(name, dict(os.environ))["LABELS"])
+        if name in fits:
+            spec = spec.with_overrides(**fits[name])
         if placement.runtime == "tensorrt":
             build_plan(args, spec, onnx_path)
         elif placement.runtime == "onnxruntime":

@@ -78,6 +78,8 @@ def build_metadata(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
         "anchors": json.dumps([list(a) for a in spec.anchors]),
         "width_multiple": repr(float(spec.width_multiple)),
         "labels": json.dumps(list(spec.labels)),
+        "fit": spec.fit,
+        "pad_value": repr(float(spec.pad_value)),
         "random_weights": "true" if random_weights else "false",
         "seed": str(int(seed)) if random_weights else "",
         "weights": "" if random_weights else Path(weights).name,
@@ -118,7 +120,8 @@ def build_detector(spec: specs.ModelSpec, weights: Optional[Union[str, os.PathLi
         model.eval()
         if save_darknet_weights is not None:
             darknet.save_darknet_weights(model, save_darknet_weights)
-        return model, spec
+        # darknet fits images as its cfg says: letter_box=1 keeps the aspect ratio (grey 0.5), otherwise it stretches
+        return model, spec.with_overrides(fit="darknet" if model.letter_box else "stretch", pad_value=127.5)
     if spec.family != "yolov7":
         raise ValueError(f"{spec.name}: unknown model family {spec.family!r} (known: yolov7, yolov4)")
     if cfg is not None or save_darknet_weights is not None:

@@ -106,7 +106,7 @@ def reference_full(onnx_models):
 
 @pytest.fixture(scope="session")
 def reference_v4(onnx_models):
-    return {spec.name: Reference(onnx_models[spec.name], spec.input_size) for spec in (V4, V4_TINY)}
+    return {spec.name: Reference(onnx_models[spec.name], spec.input_size, spec.fit) for spec in (V4, V4_TINY)}
 
 
 @pytest.fixture(params=["grpc", "http"])

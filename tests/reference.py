@@ -3,7 +3,9 @@
 It shares no code with ``yolo_triton``: its own letterbox, its own decoding, its own greedy NMS in plain numpy
 and its own scale-back, following the official code's rules (letterbox auto=False, pad 114, obj × cls, best
 class only, conf 0.25, per-class NMS at IoU 0.45, max_det 300, scale_coords with clip). The ensemble must
-give the same boxes.
+give the same boxes. For the YOLOv4 family, darknet's own way of feeding the network, written after darknet's C
+(image.c ``resize_image`` / ``letterbox_image``, yolo_layer.c ``correct_yolo_boxes``, in its relative coordinates),
+with OpenCV's bilinear as the resampler (the deployments' and ours).
 """
 from __future__ import annotations
 
@@ -26,11 +28,49 @@ def ref_letterbox(img, new_hw, color=114):
     return canvas
 
 
-def ref_input(encoded: bytes, new_hw) -> tuple:
-    """Returns (NCHW float32 batch of 1, original (h, w))."""
+def darknet_new_size(w, h, netw, neth, letter):
+    """darknet's (new_w, new_h): letterbox_image / correct_yolo_boxes with letter, else the network's size."""
+    if not letter:
+        return netw, neth
+    if netw / w < neth / h:
+        return netw, max(1, (h * netw) // w)
+    return max(1, (w * neth) // h), neth
+
+
+def ref_darknet_fit(img, new_hw, letter, fill=0.5):
+    """resize_image (stretch) or letterbox_image (letter_box=1): HWC BGR uint8 → HWC RGB float32 0..1."""
+    neth, netw = new_hw
+    h, w = img.shape[:2]
+    new_w, new_h = darknet_new_size(w, h, netw, neth, letter)
+    if (w, h) != (new_w, new_h):
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    boxed = np.full((neth, netw, 3), np.float32(fill), np.float32)
+    dx, dy = (netw - new_w) // 2, (neth - new_h) // 2  # embed_image's offsets, C integer division
+    boxed[dy : dy + new_h, dx : dx + new_w] = img[:, :, ::-1].astype(np.float32) / np.float32(255.0)
+    return boxed
+
+
+def ref_darknet_boxes(boxes, orig_hw, input_hw, letter):
+    """correct_yolo_boxes, on x1y1x2y2 network pixels: to relative, undo the embedding, back to original pixels."""
+    h, w = orig_hw
+    neth, netw = input_hw
+    new_w, new_h = darknet_new_size(w, h, netw, neth, letter)
+    out = np.array(boxes, np.float64).copy()
+    out[:, [0, 2]] = ((out[:, [0, 2]] / netw - (netw - new_w) / 2.0 / netw) / (new_w / netw)) * w
+    out[:, [1, 3]] = ((out[:, [1, 3]] / neth - (neth - new_h) / 2.0 / neth) / (new_h / neth)) * h
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+def ref_input(encoded: bytes, new_hw, fit="letterbox") -> tuple:
+    """Returns (NCHW float32 batch of 1, original (h, w)); ``fit`` letterbox (official), stretch or darknet."""
     img = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
-    boxed = ref_letterbox(img, new_hw)
-    x = boxed[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    if fit == "letterbox":
+        boxed = ref_letterbox(img, new_hw)
+        x = boxed[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    else:
+        x = ref_darknet_fit(img, new_hw, fit == "darknet").transpose(2, 0, 1)[None]
     return np.ascontiguousarray(x), img.shape[:2]
 
 
@@ -58,7 +98,7 @@ def ref_nms_per_class(boxes, scores, classes, iou_thres):
     return keep[np.argsort(-scores[keep], kind="stable")]
 
 
-def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300):
+def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300, fit="letterbox"):
     """pred: [K, 85] for one image. Returns (boxes xyxy original pixels, scores, classes) sorted by score."""
     pred = pred[pred[:, 4] > conf]
     cls_conf = pred[:, 5:] * pred[:, 4:5]
@@ -70,6 +110,8 @@ def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300):
     boxes, s, j = boxes[m], s[m], j[m]
     keep = ref_nms_per_class(boxes, s, j, iou)[:max_det]
     boxes, s, j = boxes[keep], s[keep], j[keep]
+    if fit != "letterbox":
+        return ref_darknet_boxes(boxes, orig_hw, input_hw, fit == "darknet").astype(np.float32), s, j
     # scale_coords: gain and padding recomputed from the two shapes, then clip
     h0, w0 = orig_hw
     gain = min(input_hw[0] / h0, input_hw[1] / w0)
@@ -83,18 +125,18 @@ def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300):
 class Reference:
     """onnxruntime on the same ONNX file + the reference pre/post above."""
 
-    def __init__(self, onnx_path, input_hw):
+    def __init__(self, onnx_path, input_hw, fit="letterbox"):
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.input_hw = tuple(input_hw)
+        self.input_hw, self.fit = tuple(input_hw), fit
         self._raw = {}
 
     def raw(self, encoded: bytes):
         key = hash(encoded)
         if key not in self._raw:
-            x, orig_hw = ref_input(encoded, self.input_hw)
+            x, orig_hw = ref_input(encoded, self.input_hw, self.fit)
             self._raw[key] = (self.session.run(None, {"images": x})[0][0], orig_hw)
         return self._raw[key]
 
     def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300):
         pred, orig_hw = self.raw(encoded)
-        return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det)
+        return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det, self.fit)

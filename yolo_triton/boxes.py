@@ -1,10 +1,19 @@
-"""Letterbox geometry and box maths, written once for the CPU path (NumPy) and the GPU path (torch).
+"""How an image is fitted to the detector's input, and box maths: written once for the CPU path (NumPy) and the
+GPU path (torch).
 
-The letterbox is the official YOLOv7 ``letterbox(auto=False)``: keep the aspect ratio, resize until the image
-fits, pad centred, an odd padding split the way the official code's ``round(d ± 0.1)`` splits it.
-``LetterboxMeta`` is the way back, as the official ``scale_coords`` derives it from the two shapes. The box
-functions take NumPy arrays or torch tensors alike (``array_api_compat`` picks the namespace), so both
-postprocesses map boxes with the same code; only the resize differs (``cv2`` on the CPU, torch on the GPU).
+Three fits, one per family's own pipeline (``ModelSpec.fit``):
+
+- ``letterbox``: the official YOLOv7 ``letterbox(auto=False)``: keep the aspect ratio, resize until the image fits,
+  pad centred, an odd padding split the way the official code's ``round(d ± 0.1)`` splits it; the way back is the
+  official ``scale_coords``, from the two shapes;
+- ``darknet``: darknet's ``letterbox_image`` (a cfg's ``letter_box=1``): the long side to the network's, the short
+  one by integer division, placed at integer offsets; the way back is darknet's ``correct_yolo_boxes``;
+- ``stretch``: darknet's default (``resize_image`` to the network size): the whole image, aspect ratio not kept, so
+  the way back has an x and a y scale.
+
+``LetterboxMeta`` is the way back. The box functions take NumPy arrays or torch tensors alike (``array_api_compat``
+picks the namespace), so both postprocesses map boxes with the same code; only the resize differs (``cv2`` on the
+CPU, torch on the GPU).
 """
 from __future__ import annotations
 
@@ -14,57 +23,74 @@ from typing import Tuple
 import numpy as np
 from array_api_compat import array_namespace
 
-META_SIZE = 5  # the LETTERBOX_META tensor: original height, original width, gain, pad x, pad y
+from .specs import FITS
+# the LETTERBOX_META tensor: original height, original width, gain x, gain y, pad x, pad y
+META_SIZE = 6
 
 
 @dataclasses.dataclass(frozen=True)
 class LetterboxMeta:
-    """How a letterboxed image maps back to its original: original = (letterboxed - pad) / gain."""
+    """How a fitted image maps back to its original: original x = (fitted x - pad_x) / gain_x, y likewise."""
 
     height: int
     width: int
-    gain: float
+    gain_x: float
+    gain_y: float
     pad_x: float
     pad_y: float
 
     def to_array(self) -> np.ndarray:
-        return np.array([self.height, self.width, self.gain, self.pad_x, self.pad_y], dtype=np.float32)
+        return np.array([self.height, self.width, self.gain_x, self.gain_y, self.pad_x, self.pad_y], dtype=np.float32)
 
     @classmethod
     def from_array(cls, values) -> "LetterboxMeta":
-        h, w, gain, pad_x, pad_y = (float(v) for v in np.asarray(values).reshape(META_SIZE))
-        return cls(int(round(h)), int(round(w)), gain, pad_x, pad_y)
+        h, w, gain_x, gain_y, pad_x, pad_y = (float(v) for v in np.asarray(values).reshape(META_SIZE))
+        return cls(int(round(h)), int(round(w)), gain_x, gain_y, pad_x, pad_y)
 
 
 @dataclasses.dataclass(frozen=True)
 class Letterbox:
-    """Where an image of ``original_hw`` lands on a letterboxed canvas of ``target_hw``."""
+    """Where an image of ``original_hw`` lands on the detector's canvas of ``target_hw``, fitted by ``fit``."""
 
     original_hw: Tuple[int, int]
     target_hw: Tuple[int, int]
+    fit: str = "letterbox"
 
-    @property
-    def gain(self) -> float:
-        (h0, w0), (th, tw) = self.original_hw, self.target_hw
-        return min(th / h0, tw / w0)
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"fit {self.fit!r}; known: {', '.join(FITS)}")
 
     @property
     def resized_hw(self) -> Tuple[int, int]:
         """The resized image's size; at least one pixel (a 1×3000 strip would otherwise round to height 0)."""
-        (h0, w0), gain = self.original_hw, self.gain
+        (h0, w0), (th, tw) = self.original_hw, self.target_hw
+        if self.fit == "stretch":
+            return th, tw
+        if self.fit == "darknet":  # letterbox_image: integer division, as darknet's C
+            return (th, max(1, (w0 * th) // h0)) if tw / w0 >= th / h0 else (max(1, (h0 * tw) // w0), tw)
+        gain = min(th / h0, tw / w0)
         return max(1, int(round(h0 * gain))), max(1, int(round(w0 * gain)))
 
     @property
     def padding(self) -> Tuple[int, int, int, int]:
         """Rows and columns of fill: top, bottom, left, right."""
         (th, tw), (nh, nw) = self.target_hw, self.resized_hw
+        if self.fit == "darknet":  # embed_image at ((w - new_w) / 2, (h - new_h) / 2), C's integer division
+            top, left = (th - nh) // 2, (tw - nw) // 2
+            return top, th - nh - top, left, tw - nw - left
         dh, dw = (th - nh) / 2, (tw - nw) / 2
         return int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)), int(round(dw + 0.1))
 
     @property
     def meta(self) -> LetterboxMeta:
-        (h0, w0), (th, tw), gain = self.original_hw, self.target_hw, self.gain
-        return LetterboxMeta(h0, w0, gain, (tw - w0 * gain) / 2, (th - h0 * gain) / 2)
+        (h0, w0), (th, tw) = self.original_hw, self.target_hw
+        if self.fit == "letterbox":  # the official scale_coords: one gain, the padding from the two shapes
+            gain = min(th / h0, tw / w0)
+            return LetterboxMeta(h0, w0, gain, gain, (tw - w0 * gain) / 2, (th - h0 * gain) / 2)
+        # darknet's correct_yolo_boxes: the resized size over the original's, half the difference as the offset
+        # (a float: one half pixel off the integer offset the image was embedded at, as darknet has it)
+        nh, nw = self.resized_hw
+        return LetterboxMeta(h0, w0, nw / w0, nh / h0, (tw - nw) / 2, (th - nh) / 2)
 
 
 @dataclasses.dataclass
@@ -94,8 +120,9 @@ def xywh_to_xyxy(boxes):
 
 
 def scale_boxes(boxes, meta: LetterboxMeta):
-    """Detector-input pixels → original-image pixels, clipped to the image (official ``scale_coords``)."""
+    """Detector-input pixels → original-image pixels, clipped to the image (official ``scale_coords``; darknet's
+    ``correct_yolo_boxes`` for its fits)."""
     xp = array_namespace(boxes)
-    x = xp.clip((boxes[:, 0::2] - meta.pad_x) / meta.gain, 0, meta.width)
-    y = xp.clip((boxes[:, 1::2] - meta.pad_y) / meta.gain, 0, meta.height)
+    x = xp.clip((boxes[:, 0::2] - meta.pad_x) / meta.gain_x, 0, meta.width)
+    y = xp.clip((boxes[:, 1::2] - meta.pad_y) / meta.gain_y, 0, meta.height)
     return xp.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)

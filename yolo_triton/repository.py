@@ -84,7 +84,7 @@ def preprocess_config(spec: S.ModelSpec, placement: Placement, name: Optional[st
     limits = DecodeLimits()
     return _model(name or spec.preprocess_name, spec, [IMAGE_BYTES], [detector_input(spec), META], on_gpu, placement,
                   CPU_PREPOST_INSTANCES["preprocess"],
-                  parameters={"pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes,
+                  parameters={"fit": spec.fit, "pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes,
                               "max_image_pixels": limits.max_pixels})
 
 

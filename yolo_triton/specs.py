@@ -14,6 +14,9 @@ from typing import Mapping, Optional, Tuple
 
 from .coco import COCO80_NAMES
 
+# the fits of boxes.Letterbox (written here too: the contract imports nothing of the request path)
+FITS = ("letterbox", "darknet", "stretch")
+
 # Tensor names on the wire, shared by the ensemble, its steps, clients and tests.
 ENSEMBLE_INPUT = "IMAGE"  # BYTES [1]: one encoded image (JPEG, PNG, BMP, WebP) per batch element
 ENSEMBLE_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "class_names")
@@ -59,7 +62,10 @@ class ModelSpec:
     plugins: Tuple[str, ...] = ()  # shared libraries the detector needs loaded into tritonserver (TensorRT plugins)
     width_multiple: float = 1.0
     depth_multiple: float = 1.0
-    pad_value: int = 114  # letterbox fill, as the official detect.py
+    # how an image is fitted to the input (boxes.FITS): YOLOv7's letterbox as the official detect.py, or darknet's own
+    # for the YOLOv4 family; the fill on the 0..255 scale (114 as detect.py; darknet fills with 0.5, i.e. 127.5)
+    fit: str = "letterbox"
+    pad_value: float = 114
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 300
@@ -116,6 +122,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: input size {self.input_size} must be a multiple of the largest stride {largest}")
         if len(self.anchors) != len(self.strides):
             raise ValueError(f"{self.name}: {len(self.anchors)} anchor levels for {len(self.strides)} strides")
+        if self.fit not in FITS:
+            raise ValueError(f"{self.name}: unknown fit {self.fit!r}; known: {', '.join(FITS)}")
+        if not 0.0 <= self.pad_value <= 255.0:
+            raise ValueError(f"{self.name}: pad_value {self.pad_value} is not on the 0..255 scale")
         if self.layout not in LAYOUT_NAMES:
             raise ValueError(f"{self.name}: unknown layout {self.layout!r}; known: {', '.join(LAYOUT_NAMES)}")
         if self.scale_x_y and len(self.scale_x_y) != len(self.strides):
@@ -143,10 +153,14 @@ YOLOV7_TINY = ModelSpec(
     anchors=((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326)),
 )
 
-# darknet yolov4.cfg: 608 input, Mish, SPP, PAN; [yolo] layers at strides 8/16/32 with scale_x_y 1.2/1.1/1.05.
+# darknet yolov4.cfg: 608 input, Mish, SPP, PAN; [yolo] layers at strides 8/16/32 with scale_x_y 1.2/1.1/1.05. Its
+# [net] has no letter_box: darknet stretches the image to the network size, and the published weights were trained
+# and scored so.
 YOLOV4 = ModelSpec(
     name="yolov4",
     architecture="yolov4",
+    fit="stretch",
+    pad_value=127.5,
     input_size=(608, 608),
     anchors=COCO_ANCHORS,
     scale_x_y=(1.2, 1.1, 1.05),
@@ -157,6 +171,8 @@ YOLOV4 = ModelSpec(
 YOLOV4_TINY = ModelSpec(
     name="yolov4_tiny",
     architecture="yolov4-tiny",
+    fit="stretch",
+    pad_value=127.5,
     input_size=(416, 416),
     strides=(16, 32),
     anchors=((23, 27, 37, 58, 81, 82), (81, 82, 135, 169, 344, 319)),

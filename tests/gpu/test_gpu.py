@@ -34,12 +34,14 @@ PHOTOS = ["astronaut_square_png", "chelsea_landscape_png", "rocket_jpg", "coffee
           "motorcycle_portrait_jpg", "chelsea_tiny_jpg", "astronaut_4k_jpg", "rocket_gray_png"]
 
 
-def test_gpu_preprocess_is_close_to_the_cpu_preprocess(photos):
+@pytest.mark.parametrize("fit,fill", [("letterbox", 114), ("stretch", 127.5), ("darknet", 127.5)])
+def test_gpu_preprocess_is_close_to_the_cpu_preprocess(photos, fit, fill):
+    """Every fit (YOLOv7's letterbox, darknet's stretch and letterbox) with the same geometry and fill on the GPU."""
     items = [photos[name] for name in PHOTOS]
-    batch, metas, errors = gpu_pre.preprocess_batch(items, SMALL.input_size, CUDA)
+    batch, metas, errors = gpu_pre.preprocess_batch(items, SMALL.input_size, CUDA, fill, fit=fit)
     assert errors == [None] * len(items) and batch.device.type == "cuda"
     for index, data in enumerate(items):
-        cpu, meta = pre.preprocess_image(data, SMALL.input_size)
+        cpu, meta = pre.preprocess_image(data, SMALL.input_size, fill, fit=fit)
         np.testing.assert_allclose(metas[index], meta.to_array(), rtol=1e-6)
         diff = np.abs(batch[index].cpu().numpy() - cpu) * 255
         # PNG: same decoded pixels, only the resize differs; JPEG: nvJPEG vs libjpeg too

@@ -174,7 +174,7 @@ def _decode_or_clear_error(data: bytes):
         return
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
     tensor, meta = pre.preprocess_image(data, (64, 64))
-    assert tensor.shape == (3, 64, 64) and np.isfinite(tensor).all() and meta.gain > 0
+    assert tensor.shape == (3, 64, 64) and np.isfinite(tensor).all() and meta.gain_x > 0 and meta.gain_y > 0
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

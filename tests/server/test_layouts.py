@@ -40,11 +40,11 @@ def letterbox_meta_array():
     """The test's own letterbox arithmetic (official: gain = min ratio, pad = half the leftover, unrounded)."""
     h, w = ORIGINAL_HW
     gain = min(INPUT_HW[0] / h, INPUT_HW[1] / w)
-    return np.array([h, w, gain, (INPUT_HW[1] - w * gain) / 2, (INPUT_HW[0] - h * gain) / 2], np.float32)
+    return np.array([h, w, gain, gain, (INPUT_HW[1] - w * gain) / 2, (INPUT_HW[0] - h * gain) / 2], np.float32)
 
 
 def to_input_pixels(box):
-    _, _, gain, pad_x, pad_y = letterbox_meta_array()
+    _, _, gain, _, pad_x, pad_y = letterbox_meta_array()
     x1, y1, x2, y2 = box
     return np.array([x1 * gain + pad_x, y1 * gain + pad_y, x2 * gain + pad_x, y2 * gain + pad_y], np.float32)
 

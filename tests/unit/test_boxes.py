@@ -23,13 +23,13 @@ def test_letterbox_places_the_image_as_the_official_code(original_hw, target_hw)
     top, bottom, left, right = geometry.padding
     assert (top, bottom, left, right) == (round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
     assert top + unpadded[0] + bottom == th and left + unpadded[1] + right == tw
-    assert geometry.meta == LetterboxMeta(h0, w0, r, (tw - w0 * r) / 2, (th - h0 * r) / 2)
+    assert geometry.meta == LetterboxMeta(h0, w0, r, r, (tw - w0 * r) / 2, (th - h0 * r) / 2)
 
 
 def test_box_maths_equal_on_numpy_and_torch():
     rng = np.random.default_rng(0)
     boxes = (rng.normal(size=(200, 4)) * 400).astype(np.float32)
-    meta = LetterboxMeta(427, 640, 1.0, 0.0, 106.5)
+    meta = LetterboxMeta(427, 640, 1.0, 1.0, 0.0, 106.5)
     for numpy_result, torch_result in ((xywh_to_xyxy(boxes), xywh_to_xyxy(torch.from_numpy(boxes))),
                                        (scale_boxes(boxes, meta), scale_boxes(torch.from_numpy(boxes), meta))):
         assert isinstance(torch_result, torch.Tensor) and numpy_result.dtype == np.float32

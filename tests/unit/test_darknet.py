@@ -629,7 +629,7 @@ def test_tiny_decode_order_and_random_weights_on_a_photo(tiny):
 
     from yolo_triton.pipeline.postprocess import postprocess
     from yolo_triton.specs import DetectionParams
-    from yolo_triton.pipeline.preprocess import letterbox, to_chw_float
+    from yolo_triton.pipeline.preprocess import fit_image
 
     raw = {}
     hooks = [tiny.layers[j - 1].register_forward_hook(lambda m, i, o, j=j: raw.__setitem__(j, o.numpy().copy()))
@@ -648,9 +648,9 @@ def test_tiny_decode_order_and_random_weights_on_a_photo(tiny):
     np.testing.assert_allclose(y[..., 4:], want[..., 4:], rtol=1e-5, atol=1e-6)
 
     photo = cv2.imread(str(Path(skimage.__file__).parent / "data" / "astronaut.png"), cv2.IMREAD_COLOR)
-    image, meta = letterbox(photo, specs.YOLOV4_TINY.input_size)
+    image, meta = fit_image(photo, specs.YOLOV4_TINY.input_size, 127.5, "stretch")
     full = darknet.init_random_weights(darknet.from_spec(specs.YOLOV4_TINY), 0).eval()
-    out = _run(full, torch.from_numpy(to_chw_float(image))[None])[0]
+    out = _run(full, torch.from_numpy(image)[None])[0]
     detections = postprocess(out, meta, DetectionParams())
     assert 1 <= len(detections.scores) < 150
     assert (out[:, 2:4] < 20 * 344).all()  # exp(tw) kept in range

@@ -23,8 +23,9 @@ def random_photo(h, w, seed=0):
 @pytest.mark.parametrize("target", [(640, 640), (256, 320), (608, 608)])
 def test_letterbox_matches_reference(hw, target):
     image = random_photo(*hw)
-    padded, meta = pre.letterbox(image, target)
-    np.testing.assert_array_equal(padded, ref_letterbox(image, target))
+    tensor, meta = pre.fit_image(image, target)
+    expected = ref_letterbox(image, target)[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(tensor, expected)
     assert (meta.height, meta.width) == hw
     # the meta maps the letterboxed image's content corners back onto the original corners
     corners = np.array([[meta.pad_x, meta.pad_y, target[1] - meta.pad_x, target[0] - meta.pad_y]], np.float32)
@@ -143,3 +144,31 @@ def test_detection_params_from_strings_and_json():
     assert params == DetectionParams(0.4, 0.45, 12)
     assert DetectionParams.from_request_json(params, '{"iou_threshold": 0.5}').iou_threshold == 0.5
     assert DetectionParams.from_request_json(params, "{}") == params
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (427, 640), (15, 23), (333, 333), (1, 3000), (3000, 1)])
+@pytest.mark.parametrize("target", [(608, 608), (416, 416), (320, 416)])
+@pytest.mark.parametrize("fit,fill", [("stretch", 127.5), ("darknet", 127.5), ("darknet", 128)])
+def test_darknet_fits_match_darknet(hw, target, fit, fill):
+    """The YOLOv4 family as darknet feeds it: stretched to the network size (letter_box=0, darknet's default and
+    the published yolov4 weights'), or darknet's letterbox (letter_box=1: integer sizes and offsets, grey 0.5; a
+    pipeline such as tensorrtx fills 128); boxes mapped back as darknet's correct_yolo_boxes does."""
+    from ..reference import ref_darknet_boxes, ref_darknet_fit
+
+    image = random_photo(*hw)
+    tensor, meta = pre.fit_image(image, target, fill, fit)
+    expected = ref_darknet_fit(image, target, fit == "darknet", np.float32(fill) / np.float32(255)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(tensor, expected)
+    rng = np.random.default_rng(1)
+    boxes = np.sort(rng.uniform(-20, max(target) + 20, (50, 2, 2)), axis=1).transpose(0, 2, 1).reshape(50, 4)
+    boxes = boxes[:, [0, 2, 1, 3]].astype(np.float32)  # x1 y1 x2 y2 with x1 <= x2, y1 <= y2
+    np.testing.assert_allclose(scale_boxes(boxes, meta), ref_darknet_boxes(boxes, hw, target, fit == "darknet"),
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_yolov4_specs_stretch_and_yolov7_letterboxes():
+    from yolo_triton import specs
+
+    assert (specs.YOLOV4.fit, specs.YOLOV4_TINY.fit, specs.YOLOV7.fit, specs.YOLOV7_TINY.fit) == \
+        ("stretch", "stretch", "letterbox", "letterbox")
+    assert specs.YOLOV7.pad_value == 114 and specs.YOLOV4.pad_value == 127.5

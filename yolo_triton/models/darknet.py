@@ -261,7 +261,10 @@ class DarknetModel(nn.Module):
         if self.height <= 0 or self.width <= 0 or self.channels <= 0:
             raise DarknetError(f"{_where(net)}: width, height and channels must be positive "
                                f"(got {self.width}x{self.height}x{self.channels})")
-        # every other [net] option (batch, learning rate, augmentation…) is about training
+        # the one other [net] option inference needs: how darknet fits an image to the network (letter_box=1: keep
+        # the aspect ratio, fill with 0.5; otherwise stretch); every other (batch, learning rate, augmentation…) is
+        # about training
+        self.letter_box = opts.integer("letter_box", 0) == 1
 
         layers: List[nn.Module] = []
         shapes: List[Tuple[int, int, int]] = []  # (channels, height, width) of each layer's output

@@ -76,10 +76,11 @@ def decode_images(items: Sequence[bytes], device: Union[str, torch.device], limi
     return out
 
 
-def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: int = 114) -> LetterboxMeta:
-    """Letterbox a RGB uint8 3×h×w image into ``canvas`` (3×H×W float, written in full) as 0..1 values."""
+def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: float = 114,
+                   fit: str = "letterbox") -> LetterboxMeta:
+    """Fit a RGB uint8 3×h×w image into ``canvas`` (3×H×W float, written in full) as 0..1 values."""
     _, h0, w0 = image.shape
-    geometry = Letterbox((h0, w0), tuple(canvas.shape[-2:]))
+    geometry = Letterbox((h0, w0), tuple(canvas.shape[-2:]), fit)
     new_h, new_w = geometry.resized_hw
     top, _, left, _ = geometry.padding
     canvas.fill_(pad_value / 255.0)
@@ -93,9 +94,10 @@ def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: int = 1
     return geometry.meta
 
 
-def preprocess_batch(items: Sequence[bytes], target_hw: Tuple[int, int], device, pad_value: int = 114,
-                     limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32):
-    """Encoded images → (N×3×H×W tensor on ``device``, metas [N, 5] float32 numpy, per-image error or None)."""
+def preprocess_batch(items: Sequence[bytes], target_hw: Tuple[int, int], device, pad_value: float = 114,
+                     limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32, fit: str = "letterbox"):
+    """Encoded images → (N×3×H×W tensor on ``device``, metas [N, META_SIZE] float32 numpy, per-image error or
+    None)."""
     decoded = decode_images(items, device, limits)
     batch = torch.empty((len(items), 3, *target_hw), dtype=dtype, device=device)
     metas = np.zeros((len(items), META_SIZE), np.float32)
@@ -104,12 +106,13 @@ def preprocess_batch(items: Sequence[bytes], target_hw: Tuple[int, int], device,
         if isinstance(image, Exception):
             errors[index] = image
             continue
-        metas[index] = letterbox_into(image, batch[index], pad_value).to_array()
+        metas[index] = letterbox_into(image, batch[index], pad_value, fit).to_array()
     return batch, metas, errors
 
 
-def warm_up_preprocess(target_hw: Tuple[int, int], device: torch.device, pad_value: int = 114,
-                       limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32) -> None:
+def warm_up_preprocess(target_hw: Tuple[int, int], device: torch.device, pad_value: float = 114,
+                       limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32,
+                       fit: str = "letterbox") -> None:
     """Run ``preprocess_batch`` once on two synthetic 640×480 JPEGs, at load.
 
     A process's first nvJPEG decode and first letterbox load nvJPEG and CUDA's lazily loaded kernels: a stall of
@@ -119,6 +122,6 @@ def warm_up_preprocess(target_hw: Tuple[int, int], device: torch.device, pad_val
     y, x = np.mgrid[0:480, 0:640]
     pattern = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
     jpeg = cv2.imencode(".jpg", pattern)[1].tobytes()
-    preprocess_batch([jpeg], target_hw, device, pad_value, limits, dtype)
-    preprocess_batch([jpeg, jpeg], target_hw, device, pad_value, limits, dtype)
+    preprocess_batch([jpeg], target_hw, device, pad_value, limits, dtype, fit)
+    preprocess_batch([jpeg, jpeg], target_hw, device, pad_value, limits, dtype, fit)
     torch.cuda.synchronize(device)

@@ -25,7 +25,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
         self.times = StepTimes(args["model_name"], ["inputs", "decode_letterbox", "gpu_wait", "responses"])
         if self.device.type == "cuda":
             with torch.inference_mode():
-                warm_up_preprocess(self.target_hw, self.device, self.pad_value, self.limits, self.torch_dtype)
+                warm_up_preprocess(self.target_hw, self.device, self.pad_value, self.limits, self.torch_dtype, self.fit)
 
     def execute(self, requests):
         self.times.begin()
@@ -34,7 +34,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
         self.times.lap()
         with torch.inference_mode():
             batch, metas, errors = preprocess_batch(items, self.target_hw, self.device, self.pad_value, self.limits,
-                                                    self.torch_dtype)
+                                                    self.torch_dtype, self.fit)
         self.times.lap()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them

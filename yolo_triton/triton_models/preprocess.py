@@ -20,7 +20,8 @@ class TritonPythonModel:
         # the detector's input size is read from this model's own output dims, which the spec generated
         self.target_hw = (int(image_dims[1]), int(image_dims[2]))
         self.image_dtype = output_dtype(config, specs.DETECTOR_INPUT)
-        self.pad_value = int(params["pad_value"])
+        self.pad_value = float(params["pad_value"])
+        self.fit = params["fit"]
         self.limits = DecodeLimits(
             max_bytes=int(params["max_image_bytes"]),
             max_pixels=int(params["max_image_pixels"]),
@@ -35,7 +36,7 @@ class TritonPythonModel:
         metas = np.empty((len(encoded), META_SIZE), dtype=np.float32)
         for index, data in enumerate(encoded):
             try:
-                tensor, meta = preprocess_image(data, self.target_hw, self.pad_value, self.limits)
+                tensor, meta = preprocess_image(data, self.target_hw, self.pad_value, self.limits, self.fit)
             except Exception as error:  # any failure on one image fails its request only, never the batch
                 where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if len(encoded) > 1 else ""
                 kind = "" if isinstance(error, ImageDecodeError) else "cannot preprocess image: "
