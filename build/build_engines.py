@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Dict, Optional
 
 from yolo_triton import errors, specs
 from yolo_triton.placement import DEVICES, PREPOST, PRESETS, RUNTIMES, TORCH_COMPILE_MODES, Placement
-from yolo_triton.repository import write_repository
+from yolo_triton.repository import AOT_FILE, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,6 +270,42 @@ def placement_for(args: argparse.Namespace) -> Placement:
     return placement
 
 
+def compile_ahead_of_time(args: argparse.Namespace, placement: Placement, spec: specs.ModelSpec,
+                          torch_artifact: Path) -> None:
+    """RUNTIME=torch on a GPU: the detector compiled here, once, as a TensorRT plan is built (build/compile_detector.py,
+    AOTInductor) into the artifacts (``<model>.pt2``, what it was built with beside it), then copied into
+    ``<repository>/<model>/1/model.pt2``, so that the server loads it instead of compiling at load. Rebuilt when the
+    artifact, the mode, torch or the GPU changes. Without a GPU here, or if compiling fails, the server compiles at
+    load, and this says so."""
+    import torch
+
+    from yolo_triton.pipeline.gpu_detector import AOT_META_SUFFIX
+
+    if not torch.cuda.is_available():
+        print(f"{spec.name}: no CUDA GPU here, so nothing is compiled ahead of time: the server compiles the detector at "
+              "load (minutes); `make build-engines DEVICE=gpu` on the GPU host compiles it once")
+        return
+    package = args.artifacts / f"{spec.name}.pt2"
+    stamp_path = args.artifacts / f"{spec.name}.pt2.stamp.json"
+    stamp = {"artifact": _file_state(str(torch_artifact)), "mode": placement.torch_compile, "half": placement.half,
+             "max_batch": spec.max_batch_size, "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
+    if package.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        print(f"{spec.name}: {package} is up to date")
+    else:
+        command = [sys.executable, "-m", "build.compile_detector", "--torch-artifact", str(torch_artifact),
+                   "--output", str(package), "--mode", placement.torch_compile, "--max-batch", str(spec.max_batch_size),
+                   *([] if placement.half else ["--fp32"])]
+        print("+ " + " ".join(command), flush=True)
+        if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
+            print(f"{spec.name}: compiling ahead of time failed (above); the server compiles the detector at load")
+            return
+        stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+    for source in (package, package.with_name(package.name + AOT_META_SUFFIX)):
+        target = args.repository / spec.name / "1" / source.name.replace(package.name, AOT_FILE)
+        shutil.copyfile(source, target.with_name(target.name + ".tmp"))
+        target.with_name(target.name + ".tmp").replace(target)  # atomic: the server never sees a half-copied file
+
+
 def plugins_by_model(items) -> Dict[str, tuple]:
     plugins: Dict[str, tuple] = {}
     for item in items:
@@ -320,6 +357,9 @@ def main(argv=None) -> int:
             onnx_files[name] = onnx_path
         model_specs.append(spec)
     write_repository(args.repository, model_specs, placement, onnx_files, torch_files)
+    if placement.runtime == "torch" and placement.gpu and placement.torch_compile != "off" and not args.configs_only:
+        for spec in model_specs:
+            compile_ahead_of_time(args, placement, spec, torch_files[spec.name])
     print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} (RUNTIME={placement.runtime}, "
           f"pre/post on the {placement.prepost.upper()})")
     return 0

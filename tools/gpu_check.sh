@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
 #   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps|handover] [bench args...]
-# tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post) and
-# its CPU twin on one tritonserver, then tools/bench.py; multigpu: the ensemble (case b) on GPU 0 alone, then on
+# tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
+# time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds, tools/bench.py
+# (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
@@ -44,16 +45,26 @@ if [[ $what == profile || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
+  started=$(date +%s)
   python3 -m build.build_engines --device gpu --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
     ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
+  built=$(date +%s)
+  grep -E "wrote|compile" /tmp/build.log | tail -3
+  grep -q "compiling ahead of time failed" /tmp/build.log && { grep -v "^\s*$" /tmp/build.log | tail -40; cp /tmp/build.log "$OUT/"; }
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
+  echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee "$OUT/bench.log"
+  grep -E "ahead-of-time|compiling at load|torch.compile" "$OUT/server.log" | head -4 | tee -a "$OUT/bench.log"
   # the device tool brings back few files: raw perf_analyzer CSVs stay in /tmp, the summary goes to $OUT
-  python -m tools.bench -u localhost:8001 -m yolov7 --out /tmp/bench "$@" > /tmp/bench/../bench.log 2>&1
-  cp /tmp/bench/bench.json /tmp/bench/bench.csv /tmp/bench/bench.png /tmp/bench/stats.json "$OUT/" 2>/dev/null
-  grep -v "it/s\]" /tmp/bench.log | tail -40 | tee "$OUT/bench.log"
+  python -m tools.bench -u localhost:8001 -m yolov7 --repository $repo --out /tmp/bench "$@" > /tmp/bench.log 2>&1
+  cp /tmp/bench/bench.json /tmp/bench/stats.json "$OUT/" 2>/dev/null
+  grep -v "it/s\]" /tmp/bench.log | tail -40 | tee -a "$OUT/bench.log"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  photos=$(python3 -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")' 2>/dev/null || echo tests/fixtures)
+  python3 -m tools.eval -u localhost:8001 -m yolov7_e2e --images "$photos" --reference yolov7_e2e_cpu --out /tmp/eval \
+    > /tmp/eval.log 2>&1; grep -v "it/s\]" /tmp/eval.log | tail -6 | tee -a "$OUT/bench.log"
+  cp /tmp/eval/metrics.json "$OUT/eval_metrics.json" 2>/dev/null
   stop_server "$OUT/server.log"
 fi
 if [[ $what == multigpu ]]; then

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 
@@ -53,13 +54,15 @@ def input_data_json(images: list, input_name: str = specs.ENSEMBLE_INPUT) -> dic
     }
 
 
-def tensor_data_json(images: list, target_hw, input_name: str = specs.DETECTOR_INPUT) -> dict:
-    """The baseline's input: each photo letterboxed on the client, sent as raw FP32 (b64 of the bytes)."""
-    tensors = [preprocess_image(image, target_hw)[0] for image in images]
+def tensor_data_json(images: list, target_hw, input_name: str = specs.DETECTOR_INPUT, dtype=np.float32) -> dict:
+    """The baseline's input: each photo letterboxed on the client, sent as raw tensors of the detector's input type
+    (b64 of the bytes)."""
+    tensors = [preprocess_image(image, target_hw)[0].astype(dtype) for image in images]
     return {"data": [{input_name: {"b64": base64.b64encode(t.tobytes()).decode(), "shape": list(t.shape)}} for t in tensors]}
 
 
-def detector_input_hw(url: str, protocol: str, detector: str):
+def detector_input(url: str, protocol: str, detector: str):
+    """(height, width) and the NumPy dtype of the detector's image input, from its config."""
     if protocol == "grpc":
         import tritonclient.grpc as module
 
@@ -69,7 +72,7 @@ def detector_input_hw(url: str, protocol: str, detector: str):
 
         config = module.InferenceServerClient(url).get_model_config(detector)
     dims = [int(d) for d in config["input"][0]["dims"]]
-    return dims[1], dims[2]
+    return (dims[1], dims[2]), np.dtype(np.float16 if config["input"][0]["data_type"] == "TYPE_FP16" else np.float32)
 
 
 def perf_analyzer_env() -> dict:
@@ -182,8 +185,9 @@ def main(argv=None) -> int:
     configs = [("ensemble, JPEG bytes", args.model, args.out / "input_data.json", input_data_json(photos))]
     if not args.no_baseline:
         detector = args.detector or args.model.removesuffix("_e2e")
-        hw = detector_input_hw(args.url, args.protocol, detector)
-        configs.append(("baseline: client preprocess, FP32 tensor to detector", detector, args.out / "tensor_data.json", tensor_data_json(photos, hw)))
+        hw, dtype = detector_input(args.url, args.protocol, detector)
+        configs.append(("baseline: client preprocess, tensor to detector", detector, args.out / "tensor_data.json",
+                        tensor_data_json(photos, hw, dtype=dtype)))
     for _, _, data_file, data in configs:
         data_file.write_text(json.dumps(data))
     points = [(label, model, data_file, c) for label, model, data_file, _ in configs for c in args.concurrency]

@@ -37,8 +37,11 @@ def read_rows(folder: Path, skip_s: float) -> Dict[str, List[List[dict]]]:
     return per_model
 
 
+GPU_COLUMN = "gpu"  # StepTimes' column for the steps on a GPU (yolo_triton/triton_models/common.py)
+
+
 def summarise_instances(instances: List[List[dict]]) -> dict:
-    phases = [k for k in instances[0][0] if k not in ("start", "images")]
+    phases = [k for k in instances[0][0] if k not in ("start", "images", GPU_COLUMN)]
     row_ms = lambda r: sum(float(r[p]) for p in phases)  # noqa: E731 — one execute, all its phases
     rows = [r for rows in instances for r in rows]
     execute_ms = [row_ms(r) for r in rows]
@@ -61,6 +64,8 @@ def summarise_instances(instances: List[List[dict]]) -> dict:
         "execute_ms_max": round(ordered[-1], 3),
         "slowest_execution": {k: rows[slowest][k] for k in rows[slowest]},
         "busy_share": [round(b, 3) if b is not None else None for b in busy],
+        # the GPU's time from the execute's start to its last GPU work (CUDA events; steps on a GPU only)
+        **({"gpu_ms": round(sum(float(r[GPU_COLUMN]) for r in rows) / len(rows), 3)} if GPU_COLUMN in rows[0] else {}),
     }
 
 

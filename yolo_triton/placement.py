@@ -8,7 +8,7 @@ single fields (``--help``). Why these values: docs/gpu.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 # the detector: ONNX in our Python model (CPU), a plan on Triton's TensorRT backend, or our PyTorch modules
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
@@ -67,3 +67,13 @@ PRESETS: Dict[str, Placement] = {
                      gpu_queue_delay_us=100, torch_compile="default", cpu_twin=False, mps="auto", cuda_pool_mib=4096),
 }
 DEVICES = tuple(PRESETS)
+
+
+def batch_buckets(max_batch: int) -> List[int]:
+    """The batch sizes the GPU detector has a CUDA graph for (1, 2, 4, … up to ``max_batch``): a batch runs in the
+    smallest that holds it, so the GPU detector's batcher prefers exactly these sizes."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_batch]

@@ -132,17 +132,57 @@ def gpu_server(onnx_models, tmp_path_factory):
     # network is measured on its own (test_fp16_cuda_graph_detector_close_to_onnxruntime)
     write_repository(repository, [SMALL], PRESETS["gpu"].replace(cpu_twin=True, half=False, gpu_instances=1),
                      torch_files={SMALL.name: onnx_models[SMALL.name].with_suffix(".pt")})
+    # the detector compiled ahead of time, as `make build-engines DEVICE=gpu` does (FP32: half=False)
+    from build import compile_detector
+
+    assert compile_detector.main(["--torch-artifact", str(repository / SMALL.name / "1" / "model.pt"), "--output",
+                                  str(repository / SMALL.name / "1" / "model.pt2"), "--max-batch",
+                                  str(SMALL.max_batch_size), "--fp32"]) == 0
     pool = ["--cuda-memory-pool-byte-size=0:2147483648"]
     with TritonServer(repository, log_path=tmp_path_factory.mktemp("log") / "triton.log", extra=pool) as server:
         yield server
 
 
-def test_gpu_server_detector_is_compiled(gpu_server):
-    """The detector compiled with torch.compile inside Triton's Python backend (the library's default), not the
-    uncompiled fallback: Inductor's compile workers need an interpreter, which the stub is not."""
+def test_gpu_server_detector_is_compiled_ahead_of_time(gpu_server):
+    """The server loads the package the build compiled (no compiling at load, no uncompiled fallback)."""
     log = gpu_server.log_path.read_text(errors="replace")
-    assert "torch.compile (default) and CUDA graphs ready" in log and "torch.compile (default) failed" not in log, \
+    assert "ahead-of-time package" in log and "ready in" in log and "compiling at load" not in log, \
         gpu_server.log_tail()
+
+
+def test_ahead_of_time_package_close_to_onnxruntime_and_refused_elsewhere(onnx_models, tmp_path):
+    """AOTInductor's package of the FP16 detector: batches of 1 to max_batch (one dynamic-batch package), in CUDA
+    graphs, close to onnxruntime FP32; a package of another torch, GPU or input is refused with the reason, so the
+    server compiles at load and says why."""
+    import json
+
+    import onnxruntime as ort
+
+    model, spec = load_torch_artifact(onnx_models[SMALL.name].with_suffix(".pt"))
+    model = gpu_det.prepare_for_gpu(model, CUDA)
+    shape, package = (3, *spec.input_size), tmp_path / "model.pt2"
+    gpu_det.compile_ahead(model, shape, 8, CUDA, torch.float16, "default", package)
+    messages = []
+    runner, how = gpu_det.detector_runner(model, shape, 8, CUDA, torch.float16, "default", package,
+                                          lambda message, warn: messages.append((message, warn)))
+    assert how == "aot" and not any(warn for _, warn in messages), messages
+    print("MEASURED ahead-of-time package:", messages, "CUDA graphs:", type(runner).__name__)
+    session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8):
+        x = np.random.default_rng(batch).random((batch, *shape), dtype=np.float32)
+        ours = runner(torch.from_numpy(x).to(CUDA, torch.float16)).cpu().numpy()
+        error = relative_error(ours, session.run(None, {"images": x})[0])
+        print(f"ahead of time, batch {batch}: ‖fp16 − fp32‖ / ‖fp32‖ = {error:.2e}")
+        assert np.isfinite(ours).all() and error < 1e-2
+    meta_path = package.with_name(package.name + ".json")
+    meta = json.loads(meta_path.read_text())
+    for key, value, reason in (("torch", "0.0", "built for torch 0.0"), ("capability", [1, 0], "compute capability"),
+                               ("max_batch", 4, "takes batches up to 4")):
+        meta_path.write_text(json.dumps({**meta, key: value}))
+        compiled, why = gpu_det.load_ahead(package, CUDA, torch.float16, shape, 8)
+        assert compiled is None and reason in why, why
+    meta_path.write_text(json.dumps(meta))
+    assert gpu_det.load_ahead(package, CUDA, torch.float32, shape, 8)[0] is None  # built for FP16
 
 
 def matched_share(boxes, classes, ref_boxes, ref_classes, iou=0.9):
@@ -216,7 +256,7 @@ def test_gpu_ensemble_under_mps(gpu_server, onnx_models, photos, tmp_path, monke
     items = [photos[n] for n in PHOTOS]
     without = infer_images(module, client, SMALL.ensemble_name, items, parameters={"conf_threshold": 0.05})
     repository = tmp_path / "repository"
-    write_repository(repository, [SMALL], PRESETS["gpu"].replace(half=False, gpu_instances=1),
+    write_repository(repository, [SMALL], PRESETS["gpu"].replace(half=False, gpu_instances=1, torch_compile="off"),
                      torch_files={SMALL.name: onnx_models[SMALL.name].with_suffix(".pt")})
     with MPSDaemon() as mps:
         for key, value in mps.env().items():

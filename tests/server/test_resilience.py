@@ -245,6 +245,17 @@ def successes(server) -> int:
     return int(stats["inference_stats"]["success"].get("count", 0))
 
 
+def settled_spread(servers, before, expected: int, wait_s: float = 5.0) -> tuple:
+    """Each server's successes since ``before``. Triton counts an ensemble request once its last step has
+    finished, which can be just after the client holds the answer: poll until the counts reach ``expected``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        spread = tuple(successes(s) - b for s, b in zip(servers, before))
+        if sum(spread) >= expected or time.monotonic() > deadline:
+            return spread
+        time.sleep(0.1)
+
+
 def model_ready(server) -> bool:
     """The server's own answer to "is the ensemble ready?" (a plain tritonclient call)."""
     _, client = client_for(server, "grpc")
@@ -267,7 +278,7 @@ def test_grpc_round_robin_one_target_and_a_stopping_server(pair, repository, log
         assert detector.urls == [target]  # one channel: gRPC balances inside it
         before = successes(a), successes(b)
         check_answers(list(detector.stream(images * 4, concurrency=4, conf=CONF)), images, expected)
-        spread = successes(a) - before[0], successes(b) - before[1]
+        spread = settled_spread((a, b), before, 4 * len(images))
         measured("gRPC round robin over one ipv4: target", spread=spread, counted_by_client=detector.requests_sent)
         assert sum(spread) == 4 * len(images) and min(spread) >= len(images) - 2
         assert detector.requests_sent == {target: 4 * len(images)}

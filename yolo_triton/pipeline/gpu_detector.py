@@ -1,27 +1,23 @@
-"""The detector on the GPU for RUNTIME=torch: our fused network in FP16, through torch.compile, in CUDA graphs.
+"""The detector on the GPU for RUNTIME=torch: our fused network in FP16, compiled (ahead of time by AOTInductor at
+build time, else by torch.compile at load), in CUDA graphs per batch bucket.
 
 Where the time goes and what each step gained, measured: docs/gpu.md.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
-
-def batch_buckets(max_batch: int) -> List[int]:
-    sizes, size = [], 1
-    while size < max_batch:
-        sizes.append(size)
-        size *= 2
-    return sizes + [max_batch]
+from ..placement import batch_buckets
 
 
 class GraphRunner:
     """CUDA graphs of ``model`` per batch bucket (1, 2, 4, … up to ``max_batch``, or the ``buckets`` given) over
     static input/output buffers."""
 
-    def __init__(self, model, input_chw, max_batch: int, device, dtype, buckets: Optional[Sequence[int]] = None):
+    def __init__(self, model, input_chw, max_batch: int, device, dtype, buckets: Optional[Sequence[int]] = None,
+                 capture_error_mode: str = "global"):
         self.model, self.device, self.dtype = model, device, dtype
         self.buckets = sorted(set(buckets)) if buckets else batch_buckets(max_batch)
         self.inputs: Dict[int, torch.Tensor] = {}
@@ -36,7 +32,7 @@ class GraphRunner:
                 for _ in range(3):  # warm-up: cuDNN picks its kernels before the capture
                     model(static)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream):
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
                     out = model(static)
                 self.inputs[size], self.outputs[size], self.graphs[size] = static, out, graph
         torch.cuda.current_stream(device).wait_stream(stream)
@@ -91,3 +87,122 @@ def prepare_for_gpu(model: torch.nn.Module, device, dtype=torch.float16) -> torc
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     return model.to(device, dtype=dtype).to(memory_format=torch.channels_last).eval()
+
+
+AOT_META_SUFFIX = ".json"  # beside the package: what it was built with
+
+
+def device_identity(device) -> dict:
+    """What an ahead-of-time package is tied to: the torch that compiled it and the GPU it was compiled for."""
+    return {"torch": torch.__version__, "device": torch.cuda.get_device_name(device),
+            "capability": list(torch.cuda.get_device_capability(device))}
+
+
+class DirectRunner:
+    """A compiled detector called as it is, batch of any size (an ahead-of-time package that CUDA graphs cannot
+    capture); the same call as a :class:`GraphRunner`."""
+
+    def __init__(self, model, max_batch: int, device, dtype):
+        self.model, self.device, self.dtype, self.buckets = model, device, dtype, [max_batch]
+
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        return torch.cat([self.model(batch[i : i + self.buckets[0]]).float() for i in range(0, len(batch), self.buckets[0])])
+
+
+def capturable(model, input_chw, device, dtype) -> bool:
+    """Whether CUDA graphs capture ``model`` and replay it to its own result (an AOTInductor package's runtime may
+    query events, which a capture forbids). Tried where a failure harms nothing: the build's own process."""
+    try:
+        runner = GraphRunner(model, input_chw, 2, device, dtype, buckets=[2], capture_error_mode="relaxed")
+        x = torch.rand((2, *input_chw), device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            return bool(torch.allclose(runner(x), model(x).float(), rtol=1e-3, atol=1e-3))
+    except Exception:
+        return False
+
+
+def compile_ahead(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, path) -> None:
+    """The prepared detector (``prepare_for_gpu``) exported with a dynamic batch of 1 to ``max_batch`` and compiled
+    by AOTInductor into the package ``path`` (kernels and weights), with ``device_identity`` beside it and whether
+    CUDA graphs capture it. Written to a temporary name and renamed: a failed build leaves no package."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    example = torch.rand((min(2, max_batch), *input_chw), device=device, dtype=dtype)
+    example = example.contiguous(memory_format=torch.channels_last)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    options = {"max_autotune": True} if mode == "max-autotune-no-cudagraphs" else {}
+    tmp = path.with_name(f".tmp.{path.name}")  # AOTInductor wants a name ending in .pt2
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=options)
+    graphs = capturable(torch._inductor.aoti_load_package(str(tmp)), input_chw, device, dtype)
+    meta = {**device_identity(device), "mode": mode, "max_batch": max_batch, "dtype": str(dtype).replace("torch.", ""),
+            "input": list(input_chw), "cuda_graphs": graphs}
+    path.with_name(path.name + AOT_META_SUFFIX).write_text(json.dumps(meta, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_ahead(path, device, dtype, input_chw, max_batch: int):
+    """(the compiled package as a callable, "") where ``path`` was built for this torch, this GPU, this input and
+    batch; else (None, why not)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    meta_path = path.with_name(path.name + AOT_META_SUFFIX)
+    if not path.exists() or not meta_path.exists():
+        return None, f"no ahead-of-time package {path.name} (make build-engines DEVICE=gpu builds it on a GPU host)"
+    meta = json.loads(meta_path.read_text())
+    here = {**device_identity(device), "dtype": str(dtype).replace("torch.", ""), "input": list(input_chw)}
+    for key, label in (("torch", "torch"), ("capability", "compute capability"), ("dtype", "dtype"), ("input", "input")):
+        if meta.get(key) != here[key]:
+            return None, f"{path.name} was built for {label} {meta.get(key)}, this is {here[key]}: rebuild it"
+    if meta.get("max_batch", 0) < max_batch:
+        return None, f"{path.name} takes batches up to {meta.get('max_batch')}, the config up to {max_batch}: rebuild it"
+    try:
+        compiled = torch._inductor.aoti_load_package(str(path))
+    except Exception as error:  # a package of another build of torch, a missing library: compile at load instead
+        return None, f"{path.name} does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    compiled.cuda_graphs = bool(meta.get("cuda_graphs"))
+    return compiled, ""
+
+
+def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, aot_path, log):
+    """What the server runs for the prepared detector, and `make bench` (e) measures: CUDA graphs per batch bucket
+    over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"); else over the
+    network as is. Each step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
+    → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off")."""
+    import time
+
+    started = time.perf_counter()
+    if mode != "off":
+        compiled, why_not = load_ahead(aot_path, device, dtype, input_chw, max_batch) if aot_path else (None, "")
+        if compiled is not None:
+            try:
+                if compiled.cuda_graphs:
+                    runner = GraphRunner(compiled, input_chw, max_batch, device, dtype, capture_error_mode="relaxed")
+                else:  # its runtime cannot be captured (the build tried): called as it is
+                    runner = DirectRunner(compiled, max_batch, device, dtype)
+                    runner(torch.rand((1, *input_chw), device=device, dtype=dtype))
+                log(f"ahead-of-time package {'and CUDA graphs ' if compiled.cuda_graphs else '(no CUDA graphs) '}"
+                    f"ready in {time.perf_counter() - started:.1f} s", False)
+                return runner, "aot"
+            except Exception as error:
+                why_not = f"the ahead-of-time package failed its first runs: {str(error).splitlines()[0]}"
+        if why_not:
+            log(f"{why_not}; compiling at load (torch.compile {mode}), which takes minutes", True)
+        try:
+            runner = GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch,
+                                 device, dtype)
+            log(f"torch.compile ({mode}) and CUDA graphs ready in {time.perf_counter() - started:.0f} s", False)
+            return runner, mode
+        except Exception as error:  # e.g. no C compiler for Inductor's kernels: serve uncompiled, slower, and say so
+            # the last line says why (Inductor's first line is often just "backend='inductor' raised:")
+            reason = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+            log(f"torch.compile ({mode}) failed, serving the uncompiled detector: {reason[-1]}", True)
+            torch._dynamo.reset()
+    return GraphRunner(model, input_chw, max_batch, device, dtype), "off"

@@ -35,22 +35,35 @@ class StepTimes:
     Triton's statistics see a Python step as one block ("compute infer" spans the whole round trip to the stub
     process); these rows say what part of it is our own ``execute`` and which phase of it. One CSV per instance
     (``<model>.<pid>.csv``): start time, images, then milliseconds per phase; ``tools/step_times.py`` sums them
-    up. Off (the default) it costs one attribute test per execute."""
+    up. On a GPU (``device``) a last column ``gpu``: the milliseconds on the GPU's clock from the execute's start to
+    ``gpu_done`` (CUDA events), the GPU's share of the step beside the host's phases. Off (the default) it costs one
+    attribute test per execute."""
 
-    def __init__(self, model_name: str, phases: List[str]):
+    def __init__(self, model_name: str, phases: List[str], device=None):
         folder = os.environ.get(STEP_TIMES_ENV)
-        self.file = None
+        self.file, self.events = None, None
         if folder:
             os.makedirs(folder, exist_ok=True)
             # Line-buffered: the summary is read while the server still runs (a block buffer held back whole
             # steps' rows in the first GPU measurement); one small write per execute is noise next to it.
             self.file = open(os.path.join(folder, f"{model_name}.{os.getpid()}.csv"), "a", buffering=1)
-            self.file.write("start,images," + ",".join(phases) + "\n")
+            if device is not None and device.type == "cuda":
+                import torch
+
+                self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.file.write("start,images," + ",".join(phases) + (",gpu" if self.events else "") + "\n")
         self._marks: List[float] = []
 
     def begin(self) -> None:
         if self.file is not None:
             self._marks = [time.perf_counter()]
+            if self.events:
+                self.events[0].record()
+
+    def gpu_done(self) -> None:
+        """The step's GPU work is all issued (before the step waits for it)."""
+        if self.events:
+            self.events[1].record()
 
     def lap(self) -> None:
         """Close the current phase (in the order of ``phases``)."""
@@ -62,6 +75,9 @@ class StepTimes:
             return
         marks = self._marks
         laps = ",".join(f"{(b - a) * 1e3:.3f}" for a, b in zip(marks, marks[1:]))
+        if self.events:
+            self.events[1].synchronize()
+            laps += f",{self.events[0].elapsed_time(self.events[1]):.3f}"
         self.file.write(f"{marks[0]:.6f},{images},{laps}\n")
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
     def initialize(self, args):
         super().initialize(args)
         self.device = pick_device(args)
-        self.times = StepTimes(args["model_name"], ["inputs", "nms_to_host", "responses"])
+        self.times = StepTimes(args["model_name"], ["inputs", "nms_to_host", "responses"], self.device)
         if self.device.type == "cuda" and self.layout == specs.LAYOUT_RAW_GRID:
             rows, width = self.detector_outputs[0].dims
             rows = rows if rows > 0 else 25200  # a dynamic row count: YOLOv7-640's
@@ -53,6 +53,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
                     results = postprocess_batch(torch.cat(predictions), np.concatenate(metas), params)
             except RuntimeError:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
                 torch.cuda.empty_cache()
+        self.times.gpu_done()
         self.times.lap()
         for index, prediction, meta, part in zip(good, predictions, metas, request_slices(predictions)):
             if results is None:  # the batch failed as a whole: each request alone, so only the culprit fails

@@ -22,7 +22,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
         super().initialize(args)
         self.device = pick_device(args)
         self.torch_dtype = TORCH_DTYPES[np.dtype(self.image_dtype).name]
-        self.times = StepTimes(args["model_name"], ["inputs", "decode_letterbox", "gpu_wait", "responses"])
+        self.times = StepTimes(args["model_name"], ["inputs", "decode_letterbox", "gpu_wait", "responses"], self.device)
         if self.device.type == "cuda":
             with torch.inference_mode():
                 warm_up_preprocess(self.target_hw, self.device, self.pad_value, self.limits, self.torch_dtype, self.fit)
@@ -36,6 +36,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
             batch, metas, errors = preprocess_batch(items, self.target_hw, self.device, self.pad_value, self.limits,
                                                     self.torch_dtype, self.fit)
         self.times.lap()
+        self.times.gpu_done()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
         self.times.lap()

@@ -1,9 +1,10 @@
 """Detector for RUNTIME=torch: our own PyTorch YOLOv7 / YOLOv4 modules, for GPU hosts without TensorRT.
 
 The weights are the artifact ``python -m build.create_onnx --save-torch`` wrote next to the ONNX (same network). On
-a GPU instance: FP16, channels_last, cuDNN autotuning, ``torch.compile`` (config parameter torch_compile, from the
-placement; "off" loads fast; if compiling fails, the uncompiled network, with a warning) and one CUDA graph per
-batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
+a GPU instance: FP16, channels_last, cuDNN autotuning, compiled — the ahead-of-time package `make build-engines`
+built (``model.pt2``, AOTInductor) where it fits this GPU and torch, else ``torch.compile`` at load (config parameter
+torch_compile, from the placement; "off" loads fast and uncompiled; every fallback said in the log) — and one CUDA
+graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
 bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host
 without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a GPU preprocess hands its tensor
 over without a host copy. Output: FP32 raw grid, as the ONNX's.
@@ -11,13 +12,12 @@ over without a host copy. Output: FP32 raw grid, as the ONNX's.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.pipeline.gpu_detector import GraphRunner, batch_buckets, compile_detector, prepare_for_gpu
+from yolo_triton.pipeline.gpu_detector import detector_runner, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
 from .common import (StepTimes, config_parameters, error_response, input_tensor, logger, output_tensor,
@@ -41,26 +41,15 @@ class TritonPythonModel:
         self.model = model = prepare_for_gpu(model, self.device, self.dtype) if gpu else model.to(self.device)
         self.runner, self.compiled = None, "off"
         if gpu and params["cuda_graphs"] == "true":
-            self.runner, self.compiled = self._capture(model, spec, params["torch_compile"], args["model_name"])
-        logger.info("%s: %s on %s, %s, torch.compile %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
+            name = args["model_name"]
+            aot = os.path.join(args["model_repository"], args["model_version"], params["aot_file"])
+            self.runner, self.compiled = detector_runner(model, (3, *spec.input_size), self.max_batch_size, self.device,
+                                                         self.dtype, params["torch_compile"], aot,
+                                                         lambda message, warn: (logger.warning if warn else logger.info)(
+                                                             "%s: %s", name, message))
+        logger.info("%s: %s on %s, %s, compiled %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
                     self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
-        self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"])
-
-    def _capture(self, model, spec, mode: str, name: str):
-        """CUDA graphs per batch bucket of the compiled detector (mode ≠ "off"), else of the detector as is."""
-        shape, started = (3, *spec.input_size), time.perf_counter()
-        if mode != "off":
-            try:
-                compiled = compile_detector(model, mode, len(batch_buckets(self.max_batch_size)))
-                runner = GraphRunner(compiled, shape, self.max_batch_size, self.device, self.dtype)
-                logger.info("%s: torch.compile (%s) and CUDA graphs ready in %.0f s", name, mode, time.perf_counter() - started)
-                return runner, mode
-            except Exception as error:  # e.g. no C compiler for Inductor's kernels: serve uncompiled, slower, and say so
-                # the last line says why (Inductor's first line is often just "backend='inductor' raised:")
-                reason = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-                logger.warning("%s: torch.compile (%s) failed, serving the uncompiled detector: %s", name, mode, reason[-1])
-                torch._dynamo.reset()
-        return GraphRunner(model, shape, self.max_batch_size, self.device, self.dtype), "off"
+        self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"], self.device)
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, dtype=self.dtype, non_blocking=True)
@@ -78,6 +67,7 @@ class TritonPythonModel:
             with torch.inference_mode():
                 # each input onto this instance's GPU first: with several GPUs, a batch may gather tensors from several
                 outputs = self._run(torch.cat([i.to(self.device) for i in images]) if len(images) > 1 else images[0])
+            self.times.gpu_done()
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
             self.times.lap()
