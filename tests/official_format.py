@@ -93,20 +93,23 @@ class RepConv(nn.Module):
         self.rbr_1x1 = nn.Sequential(nn.Conv2d(c1, c2, 1, s, 0, groups=g, bias=False), nn.BatchNorm2d(c2))
 
 
-@official("models.common")
-class ImplicitA(nn.Module):
+class _Implicit(nn.Module):
+    fill = torch.zeros
+
     def __init__(self, channel):
         super().__init__()
         self.channel = channel
-        self.implicit = nn.Parameter(torch.zeros(1, channel, 1, 1))
+        self.implicit = nn.Parameter(type(self).fill(1, channel, 1, 1))
 
 
 @official("models.common")
-class ImplicitM(nn.Module):
-    def __init__(self, channel):
-        super().__init__()
-        self.channel = channel
-        self.implicit = nn.Parameter(torch.ones(1, channel, 1, 1))
+class ImplicitA(_Implicit):
+    pass
+
+
+@official("models.common")
+class ImplicitM(_Implicit):
+    fill = torch.ones
 
 
 @official("models.yolo")

@@ -218,25 +218,28 @@ class RepConv(nn.Module):
         del self.rbr_dense, self.rbr_1x1, self.rbr_identity
 
 
-class ImplicitA(nn.Module):
-    """Learned per-channel offset added to the input of a head conv."""
+class _Implicit(nn.Module):
+    """A learned per-channel tensor (1, C, 1, 1) of YOLOv7's head, drawn around ``mean``; subclasses say how it acts."""
 
-    def __init__(self, channel: int, mean: float = 0.0, std: float = 0.02):
+    mean = 0.0
+
+    def __init__(self, channel: int, std: float = 0.02):
         super().__init__()
-        self.implicit = nn.Parameter(torch.zeros(1, channel, 1, 1))
-        nn.init.normal_(self.implicit, mean=mean, std=std)
+        self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=self.mean, std=std)
+
+
+class ImplicitA(_Implicit):
+    """Learned per-channel offset added to the input of a head conv."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.implicit + x
 
 
-class ImplicitM(nn.Module):
+class ImplicitM(_Implicit):
     """Learned per-channel factor multiplied onto the output of a head conv."""
 
-    def __init__(self, channel: int, mean: float = 1.0, std: float = 0.02):
-        super().__init__()
-        self.implicit = nn.Parameter(torch.ones(1, channel, 1, 1))
-        nn.init.normal_(self.implicit, mean=mean, std=std)
+    mean = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.implicit * x
