@@ -85,10 +85,11 @@ def iou_one_to_many(box, boxes):
     return inter / (area + areas - inter)
 
 
-def ref_nms_per_class(boxes, scores, classes, iou_thres):
+def ref_nms_per_class(boxes, scores, classes, iou_thres, agnostic=False):
     keep = []
-    for c in np.unique(classes):
-        idx = np.where(classes == c)[0]
+    groups = np.zeros_like(classes) if agnostic else classes
+    for c in np.unique(groups):
+        idx = np.where(groups == c)[0]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         while len(idx):
             best, rest = idx[0], idx[1:]
@@ -98,17 +99,26 @@ def ref_nms_per_class(boxes, scores, classes, iou_thres):
     return keep[np.argsort(-scores[keep], kind="stable")]
 
 
-def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300, fit="letterbox"):
-    """pred: [K, 85] for one image. Returns (boxes xyxy original pixels, scores, classes) sorted by score."""
+def ref_detect(pred, orig_hw, input_hw, conf=0.25, iou=0.45, max_det=300, fit="letterbox", classes=None,
+               agnostic=False, multi_label=False):
+    """pred: [K, 85] for one image. Returns (boxes xyxy original pixels, scores, classes) sorted by score.
+    ``classes``, ``agnostic``, ``multi_label`` as the official non_max_suppression's arguments."""
     pred = pred[pred[:, 4] > conf]
     cls_conf = pred[:, 5:] * pred[:, 4:5]
-    j = cls_conf.argmax(1)
-    s = cls_conf[np.arange(len(j)), j]
     xy, wh = pred[:, :2], pred[:, 2:4]
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
-    m = s > conf
-    boxes, s, j = boxes[m], s[m], j[m]
-    keep = ref_nms_per_class(boxes, s, j, iou)[:max_det]
+    if multi_label:  # every (box, class) above the threshold, in box then class order
+        i, j = np.nonzero(cls_conf > conf)
+        boxes, s = boxes[i], cls_conf[i, j]
+    else:
+        j = cls_conf.argmax(1)
+        s = cls_conf[np.arange(len(j)), j]
+        m = s > conf
+        boxes, s, j = boxes[m], s[m], j[m]
+    if classes is not None:
+        m = np.isin(j, classes)
+        boxes, s, j = boxes[m], s[m], j[m]
+    keep = ref_nms_per_class(boxes, s, j, iou, agnostic)[:max_det]
     boxes, s, j = boxes[keep], s[keep], j[keep]
     if fit != "letterbox":
         return ref_darknet_boxes(boxes, orig_hw, input_hw, fit == "darknet").astype(np.float32), s, j
@@ -137,6 +147,6 @@ class Reference:
             self._raw[key] = (self.session.run(None, {"images": x})[0][0], orig_hw)
         return self._raw[key]
 
-    def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300):
+    def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300, **options):
         pred, orig_hw = self.raw(encoded)
-        return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det, self.fit)
+        return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det, self.fit, **options)

@@ -1,11 +1,12 @@
 """`make eval`: COCO mAP of the served pipeline — encoded bytes in, boxes out — scored by pycocotools.
 
     python -m tools.eval --annotations instances_val2017.json --images val2017/ [-m yolov7_e2e] [-u localhost:8001]
-                         [--conf 0.001] [--iou 0.65] [--max-det 300] [--concurrency 8] [--out build/eval]
+                         [--conf 0.001] [--iou 0.65] [--max-det 300] [--no-multi-label] [--concurrency 8]
+                         [--out build/eval]
     python -m tools.eval --images photos/ --reference yolov7_e2e_cpu [-m yolov7_e2e]      # agreement mode
 
 Every image of the annotation file is sent as its file's bytes to the running ensemble (the thresholds as request
-parameters; the defaults are the official yolov7 ``test.py``'s), the answers are written in COCO's results format
+parameters; the defaults are the official yolov7 ``test.py``'s: conf 0.001, IoU 0.65, multi-label NMS), the answers are written in COCO's results format
 (``detections.json``) and scored with ``COCOeval`` — the twelve numbers of ``summarize()``, named, in
 ``metrics.json``. Category ids come from the annotation file's categories matched by name to the model's class
 names (the postprocess config's ``labels``); a category the model lacks, a class no category has, an image missing
@@ -48,13 +49,14 @@ def category_map(categories: Sequence[dict], names: Sequence[str]) -> Tuple[Dict
     return mapping, lacking, unmatched
 
 
-def detect_all(detector: Detector, paths: Dict[int, Path], conf: float, iou: float, max_det: int,
-               concurrency: int, what: str) -> Tuple[Dict[int, list], Dict[int, str]]:
-    """image id → detections, and image id → the error of each image that got none."""
+def detect_all(detector: Detector, paths: Dict[int, Path], options: dict, concurrency: int, what: str
+               ) -> Tuple[Dict[int, list], Dict[int, str]]:
+    """image id → detections (``options``: ``Detector.parameters``' keywords), and image id → the error of each
+    image that got none."""
     ids = list(paths)
     found: Dict[int, list] = {}
     errors: Dict[int, str] = {}
-    results = detector.stream([paths[i] for i in ids], concurrency=concurrency, conf=conf, iou=iou, max_det=max_det)
+    results = detector.stream([paths[i] for i in ids], concurrency=concurrency, **options)
     for result in tqdm(results, total=len(ids), desc=what, unit="img", file=sys.stderr):
         image_id = ids[result.index]
         if result.ok:
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--conf", type=float, default=CONF)
     parser.add_argument("--iou", type=float, default=IOU)
     parser.add_argument("--max-det", type=int, default=MAX_DET)
+    parser.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=True,
+                        help="a box may carry every class above --conf, as the official test.py scores COCO (default)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--reference", help="agreement mode: NAME, HOST:PORT or HOST:PORT/NAME of the reference")
     parser.add_argument("--out", type=Path, default=Path("build/eval"))
@@ -175,7 +179,7 @@ def main(argv=None) -> int:
     with Detector(args.url, args.model) as detector:
         names = detector.class_names()
         report: dict = {"model": args.model, "url": args.url, "conf": args.conf, "iou": args.iou,
-                        "max_det": args.max_det, "class_names": len(names)}
+                        "max_det": args.max_det, "multi_label": args.multi_label, "class_names": len(names)}
         if args.annotations:
             from pycocotools.coco import COCO
 
@@ -191,8 +195,8 @@ def main(argv=None) -> int:
         missing = sorted(str(paths[i]) for i in paths if not paths[i].is_file())
         present = {i: p for i, p in paths.items() if p.is_file()}
         mapping, lacking, unmatched = category_map(categories, names)
-        found, errors = detect_all(detector, present, args.conf, args.iou, args.max_det, args.concurrency,
-                                   args.model)
+        options = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "multi_label": args.multi_label}
+        found, errors = detect_all(detector, present, options, args.concurrency, args.model)
     results, dropped = to_results(found, mapping)
     (args.out / "detections.json").write_text(json.dumps(results))
     report.update({"images": len(paths), "answered": len(found), "missing": missing,
@@ -207,8 +211,7 @@ def main(argv=None) -> int:
     if args.reference:
         ref_url, ref_model = reference_target(args.reference, args.url, args.model)
         with Detector(ref_url, ref_model) as other:
-            reference, ref_errors = detect_all(other, present, args.conf, args.iou, args.max_det, args.concurrency,
-                                               f"{ref_model} (reference)")
+            reference, ref_errors = detect_all(other, present, options, args.concurrency, f"{ref_model} (reference)")
         truth = [{"id": n, "image_id": image_id, "category_id": mapping.get(d.class_id, -1), "iscrowd": 0,
                   "bbox": [d.x1, d.y1, d.x2 - d.x1, d.y2 - d.y1], "area": (d.x2 - d.x1) * (d.y2 - d.y1)}
                  for n, (image_id, d) in enumerate(((i, d) for i, ds in reference.items() for d in ds), start=1)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|all|multigpu|instances|steps|handover] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|agreement|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
 # time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds, tools/bench.py
-# (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos; multigpu: the ensemble (case b) on GPU 0 alone, then on
+# (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos;
+# agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime FP32, CPU
+# pre/post) served by a second tritonserver on ports 9000-9002, same weights; multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
@@ -24,11 +26,13 @@ export PYTHONUNBUFFERED=1
   python3 -c "import cv2; print('cv2', cv2.__version__)" 2>&1 | tail -1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } 2>&1 | tee "$OUT/env.txt"
 
-start_server() {  # repository, log file, [GPU ids the server sees; default all]
+start_server() {  # repository, log file, [GPU ids the server sees; default all], [device preset; default gpu], [HTTP port]
+  local device=${4:-gpu} http=${5:-8000}
   ( if [[ -n ${3:-} ]]; then export CUDA_VISIBLE_DEVICES=$3; fi
-    exec setsid python3 -m yolo_triton.serving.serve --device gpu --models yolov7 --repository "$1" --profile open \
-      ${MPS:+--mps $MPS} > "$2" 2>&1 ) &
-  for i in $(seq 300); do curl -sf localhost:8000/v2/health/ready && return 0; sleep 1; done
+    exec setsid python3 -m yolo_triton.serving.serve --device $device --models yolov7 --repository "$1" --profile open \
+      --http-port $http --grpc-port $((http + 1)) --metrics-port $((http + 2)) \
+      $([[ $device == gpu && -n ${MPS:-} ]] && echo --mps $MPS) > "$2" 2>&1 ) &
+  for i in $(seq 300); do curl -sf localhost:$http/v2/health/ready && return 0; sleep 1; done
   echo "server not ready"; tail -30 "$2"; return 1
 }
 stop_server() {
@@ -38,7 +42,7 @@ stop_server() {
 }
 
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
+  python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -s ${GPU_TESTS:+-k "$GPU_TESTS"} 2>&1 | tee "$OUT/tests.log" | grep -v "^$" | tail -40
 fi
 if [[ $what == profile || $what == all ]]; then
   python -m tools.gpu_profile --out "$OUT" 2>&1 | tail -8
@@ -66,6 +70,23 @@ if [[ $what == bench || $what == all ]]; then
     > /tmp/eval.log 2>&1; grep -v "it/s\]" /tmp/eval.log | tail -6 | tee -a "$OUT/bench.log"
   cp /tmp/eval/metrics.json "$OUT/eval_metrics.json" 2>/dev/null
   stop_server "$OUT/server.log"
+fi
+if [[ $what == agreement ]]; then
+  python3 -m build.build_engines --device gpu --models yolov7 --repository /tmp/agree_gpu --artifacts /tmp/bench_artifacts \
+    > /tmp/build_agree_gpu.log 2>&1 || { tail -20 /tmp/build_agree_gpu.log; exit 1; }
+  python3 -m build.build_engines --device cpu --models yolov7 --repository /tmp/agree_cpu --artifacts /tmp/bench_artifacts \
+    > /tmp/build_agree_cpu.log 2>&1 || { tail -20 /tmp/build_agree_cpu.log; exit 1; }
+  grep -v "^\s*$" /tmp/build_agree_gpu.log | tail -25 > "$OUT/build_gpu.log"
+  start_server /tmp/agree_gpu "$OUT/server_gpu.log" || exit 1
+  start_server /tmp/agree_cpu /tmp/server_cpu.log "" cpu 9000 || exit 1
+  photos=$(python3 -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")' 2>/dev/null || echo tests/fixtures)
+  for labels in multi-label no-multi-label; do
+    python3 -m tools.eval -u localhost:8001 -m yolov7_e2e --images "$photos" --reference localhost:9001/yolov7_e2e \
+      --$labels --out /tmp/agree_$labels > /tmp/agree_$labels.log 2>&1
+    echo "== $labels"; grep -v "it/s\]" /tmp/agree_$labels.log | tail -8
+    cp /tmp/agree_$labels/metrics.json "$OUT/agreement_$labels.json" 2>/dev/null
+  done | tee "$OUT/agreement.log"
+  stop_server "$OUT/server_gpu.log"
 fi
 if [[ $what == multigpu ]]; then
   repo=/tmp/mg_repository

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from array_api_compat import array_namespace
+from array_api_compat import device as array_device
 
 from . import specs
 from .boxes import Detections, xywh_to_xyxy
@@ -32,7 +33,8 @@ TENSORRTX_MAX_BOXES = 1000  # tensorrtx yololayer.h MAX_OUTPUT_BBOX_COUNT
 @dataclasses.dataclass(frozen=True)
 class Layout:
     name: str
-    needs_nms: bool
+    needs_nms: bool  # NMS is still to be done (else it ran inside the engine, with options fixed at export)
+    per_class_scores: bool  # every class's score per box (so a request may ask for multi_label)
     outputs: Callable[[specs.ModelSpec], Tuple[TensorSpec, ...]]  # what the detector returns per image
     # why a detector's declared outputs (name → TensorSpec) do not fit, given the class count; None if they do
     mismatch: Callable[[Dict[str, TensorSpec], int], Optional[str]]
@@ -42,26 +44,37 @@ class Layout:
 
 # ------------------------------------------------------------------------------------------------- raw grid
 
-def raw_grid_candidates(predictions, conf):
+def raw_grid_candidates(predictions, conf, multi_label=None):
     """Raw-grid rows of a batch [N, K, 5 + nc] (NumPy or torch) above the thresholds ``conf`` ([N], the
     predictions' dtype) → (image index, boxes x1y1x2y2, scores, classes) of every candidate, image-major.
 
-    As the official ``non_max_suppression``: objectness must pass the threshold first, then objectness × the best
-    class score must too; the best class only."""
+    As the official ``non_max_suppression``: objectness must pass the threshold first, then objectness × a class
+    score must too; the best class only, or, for the images whose ``multi_label`` ([N] bools on the predictions'
+    device; None: no image) is set, every class that passes (one candidate per box and class, in box then class
+    order)."""
     xp = array_namespace(predictions)
     image_idx, row_idx = xp.nonzero(predictions[..., 4] > conf[:, None])
     rows = predictions[image_idx, row_idx]
     class_scores = rows[:, 5:] * rows[:, 4:5]
-    scores, classes = xp.max(class_scores, axis=1), xp.argmax(class_scores, axis=1)
-    keep = scores > conf[image_idx]
-    return image_idx[keep], xywh_to_xyxy(rows[keep, :4]), scores[keep], classes[keep]
+    if multi_label is None:
+        scores, classes = xp.max(class_scores, axis=1), xp.argmax(class_scores, axis=1)
+        keep = scores > conf[image_idx]
+        return image_idx[keep], xywh_to_xyxy(rows[keep, :4]), scores[keep], classes[keep]
+    passing = class_scores > conf[image_idx][:, None]
+    # the images without multi_label keep their best class only
+    best = xp.argmax(class_scores, axis=1)
+    others = xp.arange(class_scores.shape[1], device=array_device(class_scores))[None, :] != best[:, None]
+    passing = passing & ~(~multi_label[image_idx][:, None] & others)
+    candidate, classes = xp.nonzero(passing)
+    return image_idx[candidate], xywh_to_xyxy(rows[candidate, :4]), class_scores[candidate, classes], classes
 
 
-def _decode_raw_grid(outputs, conf, input_size) -> Detections:
+def _decode_raw_grid(outputs, conf, input_size, multi_label=False) -> Detections:
     prediction = np.asarray(outputs[specs.DETECTOR_OUTPUT])
     if prediction.ndim != 2 or prediction.shape[1] < 6:
         raise ValueError(f"raw grid output must be [K, 5 + classes], got {list(prediction.shape)}")
-    _, boxes, scores, classes = raw_grid_candidates(prediction[None], np.array([conf], prediction.dtype))
+    _, boxes, scores, classes = raw_grid_candidates(prediction[None], np.array([conf], prediction.dtype),
+                                                    np.array([True]) if multi_label else None)
     return Detections(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32))
 
 
@@ -74,7 +87,7 @@ def _raw_grid_mismatch(declared, num_classes):
 
 
 RAW_GRID = Layout(
-    specs.LAYOUT_RAW_GRID, True,
+    specs.LAYOUT_RAW_GRID, True, True,
     lambda spec: (TensorSpec(specs.DETECTOR_OUTPUT, "TYPE_FP32", (spec.num_candidates, spec.num_outputs)),),
     _raw_grid_mismatch, _decode_raw_grid)
 
@@ -109,7 +122,7 @@ def _decode_efficient_nms(outputs, conf, input_size) -> Detections:
 
 
 EFFICIENT_NMS = Layout(
-    specs.LAYOUT_EFFICIENT_NMS, False,
+    specs.LAYOUT_EFFICIENT_NMS, False, False,
     lambda spec: tuple(TensorSpec(name, EFFICIENT_NMS_TYPES[name], dims) for name, dims in zip(
         specs.EFFICIENT_NMS_OUTPUTS, ((1,), (spec.nms_top_k, 4), (spec.nms_top_k,), (spec.nms_top_k,)))),
     _efficient_nms_mismatch, _decode_efficient_nms)
@@ -164,12 +177,12 @@ def _decode_isarsoft_detections(outputs, conf, input_size) -> Detections:
 
 
 TENSORRTX_PROB = Layout(
-    specs.LAYOUT_TENSORRTX_PROB, True,
+    specs.LAYOUT_TENSORRTX_PROB, True, False,
     lambda spec: (TensorSpec(specs.TENSORRTX_OUTPUT, "TYPE_FP32", (1 + 7 * TENSORRTX_MAX_BOXES, 1, 1)),),
     _rows_of_seven_mismatch(specs.TENSORRTX_OUTPUT, 1, "1 + 7·boxes"), _decode_tensorrtx_prob)
 
 ISARSOFT_DETECTIONS = Layout(
-    specs.LAYOUT_ISARSOFT_DETECTIONS, True,
+    specs.LAYOUT_ISARSOFT_DETECTIONS, True, False,
     lambda spec: (TensorSpec(specs.ISARSOFT_OUTPUT, "TYPE_FP32", (7 * spec.num_candidates, 1, 1)),),
     _rows_of_seven_mismatch(specs.ISARSOFT_OUTPUT, 0, "7·candidates"), _decode_isarsoft_detections)
 
@@ -215,6 +228,23 @@ def layouts_fitting(outputs: Sequence[TensorSpec], num_classes: Optional[int] = 
     return tuple(fitting)
 
 
-def decode(layout: str, outputs: Mapping[str, np.ndarray], conf: float, input_size) -> Detections:
+def check_request(layout: str, params: specs.DetectionParams) -> None:
+    """Raise ValueError if a request asks for what a detector of ``layout`` cannot give (checked before the work)."""
+    row = get_layout(layout)
+    if params.agnostic_nms and not row.needs_nms:
+        raise ValueError(f"agnostic_nms: this model's NMS runs inside its engine (layout {layout!r}), "
+                         "with the options it was exported with")
+    if params.multi_label and not row.per_class_scores:
+        raise ValueError(f"multi_label: this model's detector returns one class per box (layout {layout!r}); "
+                         "multi_label needs every class's score (the raw_grid layout)")
+
+
+def decode(layout: str, outputs: Mapping[str, np.ndarray], conf: float, input_size, multi_label: bool = False
+           ) -> Detections:
     """One image's detector outputs (tensor name → array) → candidate boxes in detector-input pixels."""
-    return get_layout(layout).decode(outputs, conf, input_size)
+    row = get_layout(layout)
+    if multi_label:
+        if not row.per_class_scores:
+            raise ValueError(f"layout {layout!r} has no per-class scores for multi_label")
+        return row.decode(outputs, conf, input_size, multi_label=True)
+    return row.decode(outputs, conf, input_size)

@@ -126,7 +126,7 @@ def postprocess_config(spec: S.ModelSpec, placement: Placement, name: Optional[s
         "input_size": ",".join(map(str, spec.input_size)),  # layouts with boxes normalised to the input
         # the class names, in class-id order: read by the postprocess, and by any client through the model config
         "labels": json.dumps(list(spec.labels)),
-        **{key: getattr(defaults, key) for key in DetectionParams.KEYS},
+        **defaults.as_config(),
         **(GPU_INPUTS if on_gpu else {}),
     }
     return _model(name or spec.postprocess_name, spec, [*layouts.detector_outputs(spec), META], ENSEMBLE_OUTPUTS,

@@ -193,14 +193,20 @@ def get_spec(name: str) -> ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DetectionParams:
-    """Thresholds of one request: defaults from the postprocess config's ``parameters`` (the spec's), overridable
-    per request by Triton request parameters of these names."""
+    """What one request asks of the postprocess: defaults from the postprocess config's ``parameters`` (the spec's),
+    overridable per request by Triton request parameters of these names. The options of the official ``detect.py``
+    / ``test.py``: ``classes`` (keep only these class ids, as ``--classes``; empty: all), ``agnostic_nms`` (one NMS
+    across classes, as ``--agnostic-nms``), ``multi_label`` (a box carries every class scoring above the
+    threshold, as ``test.py`` scores COCO)."""
 
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 300
+    classes: Tuple[int, ...] = ()
+    agnostic_nms: bool = False
+    multi_label: bool = False
 
-    KEYS = ("conf_threshold", "iou_threshold", "max_detections")
+    KEYS = ("conf_threshold", "iou_threshold", "max_detections", "classes", "agnostic_nms", "multi_label")
 
     def __post_init__(self):
         for key in ("conf_threshold", "iou_threshold"):
@@ -209,13 +215,23 @@ class DetectionParams:
                 raise ValueError(f"{key} must be a number in [0, 1], got {value!r}")
         if not (isinstance(self.max_detections, int) and 1 <= self.max_detections <= MAX_NMS_CANDIDATES):
             raise ValueError(f"max_detections must be an integer in [1, {MAX_NMS_CANDIDATES}], got {self.max_detections!r}")
+        if not (isinstance(self.classes, tuple) and all(isinstance(c, int) and c >= 0 for c in self.classes)):
+            raise ValueError(f"classes must be class ids >= 0, got {self.classes!r}")
+        for key in ("agnostic_nms", "multi_label"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
     @classmethod
     def of_spec(cls, spec: ModelSpec) -> "DetectionParams":
         return cls(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
 
-    def updated(self, overrides: Optional[Mapping[str, object]]) -> "DetectionParams":
-        """These params with ``overrides`` applied; unknown keys and bad values raise ValueError."""
+    def as_config(self) -> dict:
+        """These params as the postprocess config's string ``parameters`` (what ``updated`` reads back)."""
+        return {key: _config_text(getattr(self, key)) for key in self.KEYS}
+
+    def updated(self, overrides: Optional[Mapping[str, object]], num_classes: Optional[int] = None) -> "DetectionParams":
+        """These params with ``overrides`` applied; unknown keys, bad values and (given ``num_classes``) class ids
+        the model does not have raise ValueError."""
         if not overrides:
             return self
         unknown = sorted(set(overrides) - set(self.KEYS))
@@ -223,13 +239,17 @@ class DetectionParams:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(self.KEYS)}")
         values = dataclasses.asdict(self)
         for key, raw in overrides.items():
-            values[key] = _parse_number(key, raw, int if key == "max_detections" else float)
+            values[key] = _PARSERS[key](key, raw)
+        if num_classes is not None and any(c >= num_classes for c in values["classes"]):
+            raise ValueError(f"classes must be class ids of this model (0 to {num_classes - 1}), "
+                             f"got {overrides.get('classes')!r}")
         return DetectionParams(**values)
 
     @classmethod
-    def from_request_json(cls, defaults: "DetectionParams", parameters_json: str) -> "DetectionParams":
+    def from_request_json(cls, defaults: "DetectionParams", parameters_json: str,
+                          num_classes: Optional[int] = None) -> "DetectionParams":
         """Triton's ``request.parameters()`` is a JSON object string."""
-        return defaults.updated(json.loads(parameters_json) if parameters_json else None)
+        return defaults.updated(json.loads(parameters_json) if parameters_json else None, num_classes)
 
 
 def _parse_number(key: str, raw: object, kind: type):
@@ -243,3 +263,46 @@ def _parse_number(key: str, raw: object, kind: type):
     if kind is float and not math.isfinite(value):
         raise ValueError(f"{key} must be finite, got {raw!r}")
     return value
+
+
+def _parse_bool(key: str, raw: object) -> bool:
+    # Triton request parameters have a bool type; config parameters and some clients send "true" / "false"
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0"):
+        return raw.strip().lower() in ("true", "1")
+    raise ValueError(f"{key} must be true or false, got {raw!r}")
+
+
+def _parse_classes(key: str, raw: object) -> Tuple[int, ...]:
+    # Triton request parameters hold no lists: a string of comma-separated ids, as detect.py --classes 0 2; one
+    # integer is one id; an empty string keeps every class
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str):
+        raise ValueError(f"{key} must be comma-separated class ids such as \"0,2\", got {raw!r}")
+    ids = []
+    for part in raw.replace(" ", ",").split(","):
+        if part:
+            if not part.isdigit():
+                raise ValueError(f"{key} must be comma-separated class ids such as \"0,2\", got {raw!r}")
+            ids.append(int(part))
+    return tuple(sorted(set(ids)))
+
+
+def _config_text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+_PARSERS = {
+    "conf_threshold": lambda key, raw: _parse_number(key, raw, float),
+    "iou_threshold": lambda key, raw: _parse_number(key, raw, float),
+    "max_detections": lambda key, raw: _parse_number(key, raw, int),
+    "classes": _parse_classes,
+    "agnostic_nms": _parse_bool,
+    "multi_label": _parse_bool,
+}

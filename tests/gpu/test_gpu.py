@@ -7,6 +7,7 @@ bilinear resize differ from libjpeg/OpenCV by a few 8-bit levels at some pixels;
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -72,12 +73,15 @@ def test_bad_images_fail_alone(photos):
     assert "empty input" in str(errors[1]) and "cannot decode" in str(errors[2])
 
 
-@pytest.mark.parametrize("mixed,small_limits", [(False, False), (True, False), (True, True)],
-                         ids=["one-threshold", "per-image-thresholds", "chunked-and-capped"])
-def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed, small_limits, monkeypatch):
+@pytest.mark.parametrize("mixed,small_limits,options", [(False, False, False), (True, False, False), (True, True, False),
+                                                        (True, False, True), (True, True, True)],
+                         ids=["one-threshold", "per-image-thresholds", "chunked-and-capped", "per-image-options",
+                              "options-chunked-and-capped"])
+def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed, small_limits, options, monkeypatch):
     """Same predictions in: the GPU NMS (torchvision, float64 offsets) keeps the same boxes as the CPU path, also
-    when the images of one batch carry different IoU / conf thresholds and max_det (requests' own parameters), and
-    when NMS runs in many chunks of images and the per-image candidate cap bites (both made small here)."""
+    when the images of one batch carry different IoU / conf thresholds and max_det (requests' own parameters) or
+    different classes / agnostic_nms / multi_label, and when NMS runs in many chunks of images and the per-image
+    candidate cap bites (both made small here)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
@@ -87,6 +91,12 @@ def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed, 
     if mixed:
         params = [DetectionParams(conf_threshold=0.02 + 0.01 * (i % 2), iou_threshold=(0.3, 0.45, 0.7)[i % 3],
                                        max_detections=(300, 5)[i % 2]) for i in range(len(PHOTOS))]
+    if options:  # each image its own mix; the classes chosen among those the image's candidates carry
+        for i, p in enumerate(params):
+            found = np.unique(layouts.decode(specs.LAYOUT_RAW_GRID, {specs.DETECTOR_OUTPUT: predictions[i]},
+                                             p.conf_threshold, None).classes)
+            params[i] = dataclasses.replace(p, classes=tuple(int(c) for c in found[: 1 + i % 3]) if i % 4 != 3 else (),
+                                            agnostic_nms=i % 2 == 1, multi_label=i % 3 != 2)
     if small_limits:  # after the parameters are made (they check max_detections against the cap); the cap bites
         monkeypatch.setattr(gpu_post, "NMS_CHUNK_CANDIDATES", 64)
         monkeypatch.setattr(gpu_post, "MAX_NMS_CANDIDATES", 40)

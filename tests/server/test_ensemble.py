@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import random
 
+import numpy as np
 import pytest
 
 
@@ -100,12 +101,43 @@ def test_request_parameters_override_thresholds(server, protocol, photos, refere
         assert int(result["num_detections"][0, 0]) == overrides["max_detections"]
 
 
+@pytest.mark.parametrize("options", [{"classes": 2}, {"agnostic_nms": True}, {"multi_label": True},
+                                     {"classes": 3, "agnostic_nms": True, "multi_label": True}],
+                         ids=["classes", "agnostic", "multi-label", "all-three"])
+def test_detect_py_options_match_the_official_semantics(server, protocol, photos, reference_small, options):
+    """``classes`` / ``agnostic_nms`` / ``multi_label`` per request = the official non_max_suppression's
+    ``classes`` / ``agnostic`` / ``multi_label`` (the reference), on every photo, and the option changes the answer
+    on some. ``classes`` here: how many of the reference's most frequent classes to keep."""
+    module, client = client_for(server, protocol)
+    conf, changed = 0.02, []
+    for photo in ("astronaut_square_png", "coffee_landscape_jpg", "chelsea_landscape_png", "rocket_jpg"):
+        plain = reference_small.detect(photos[photo], conf=conf)
+        kept = None
+        if "classes" in options:  # the most frequent classes of the plain answer: the filter keeps some, drops some
+            ids, counts = np.unique(plain[2], return_counts=True)
+            kept = sorted(int(c) for c in ids[np.argsort(-counts, kind="stable")][: options["classes"]])
+        parameters = {"conf_threshold": conf, **options, **({"classes": ",".join(map(str, kept))} if kept else {})}
+        expected = reference_small.detect(photos[photo], conf=conf, classes=kept,
+                                          agnostic=options.get("agnostic_nms", False),
+                                          multi_label=options.get("multi_label", False))
+        result = infer_images(module, client, SMALL.ensemble_name, [photos[photo]], parameters=parameters)
+        assert_same_detections(result, expected)
+        if kept:
+            assert set(result["classes"][0, : int(result["num_detections"][0, 0])]) <= set(kept)
+        changed.append(len(expected[1]) != len(plain[1]) or not np.array_equal(expected[2], plain[2]))
+    assert any(changed), "the option changes nothing on these photos: the comparison proves nothing"
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
         ({"conf_threshold": 1.5}, "conf_threshold must be a number in [0, 1]"),
         ({"confidence": 0.3}, "unknown parameter(s) confidence"),
         ({"max_detections": "many"}, "max_detections must be an integer"),
+        ({"classes": "person"}, "classes must be comma-separated class ids"),
+        ({"classes": "80"}, "classes must be class ids of this model (0 to 79)"),
+        ({"agnostic_nms": "maybe"}, "agnostic_nms must be true or false"),
+        ({"multi_label": 2}, "multi_label must be true or false"),
     ],
 )
 def test_bad_request_parameter_is_a_clear_error(server, protocol, photos, bad, message):

@@ -128,6 +128,25 @@ def test_layout_gives_the_known_boxes(layout, conf, max_det):
     assert_matches(result.boxes, result.scores, result.classes, expected(conf, max_det))
 
 
+def test_request_options_a_layout_cannot_honour_are_refused():
+    """EfficientNMS ran its NMS in the engine: classes still filter its boxes, agnostic NMS cannot be had; rows of
+    seven carry one class per box: no multi_label."""
+    efficient, tensorrtx = specs.LAYOUT_EFFICIENT_NMS, specs.LAYOUT_TENSORRTX_PROB
+    layouts.check_request(efficient, DEFAULTS.updated({"classes": "3,16", "multi_label": False}))
+    with pytest.raises(ValueError, match="agnostic_nms: this model's NMS runs inside its engine"):
+        layouts.check_request(efficient, DEFAULTS.updated({"agnostic_nms": True}))
+    layouts.check_request(tensorrtx, DEFAULTS.updated({"agnostic_nms": True}))
+    with pytest.raises(ValueError, match="multi_label: this model's detector returns one class per box"):
+        layouts.check_request(tensorrtx, DEFAULTS.updated({"multi_label": True}))
+    spec = LAYOUT_SPECS[efficient]
+    outputs = encode(efficient, spec, np.random.default_rng(0))
+    want = [w for w in expected(0.25, 300) if w[1] in (3, 16)]
+    assert 0 < len(want) < len(expected(0.25, 300))
+    result = post.postprocess(outputs, LetterboxMeta.from_array(letterbox_meta_array()),
+                              DEFAULTS.updated({"classes": "3,16"}), efficient, spec.input_size)
+    assert_matches(result.boxes, result.scores, result.classes, want)
+
+
 def test_tensorrtx_count_beyond_the_buffer_is_clipped_not_a_crash():
     prob = np.zeros(1 + 7 * 3, np.float32)
     prob[0] = 1e9

@@ -42,11 +42,12 @@ def apart(boxes) -> bool:
 
 @pytest.fixture(scope="module")
 def found(server, photo_dir):
-    """The photos, the server's boxes of each at CONF (and the tool's other defaults: iou 0.65, max_det 300), and the
+    """The photos, the server's boxes of each at CONF (and the tool's other defaults: iou 0.65, max_det 300,
+    multi-label), and the
     ground truth's class: the most frequent one whose boxes lie apart within each photo."""
     paths = sorted(photo_dir.glob("*.*"))
     with Detector(server.grpc_url, SMALL.ensemble_name) as detector:
-        detections = [detector.detect(path, conf=CONF, iou=0.65, max_det=300) for path in paths]
+        detections = [detector.detect(path, conf=CONF, iou=0.65, max_det=300, multi_label=True) for path in paths]
     classes = [d.class_id for ds in detections for d in ds]
     usable = [c for c in sorted(set(classes), key=classes.count, reverse=True)
               if classes.count(c) >= 3 and all(apart([d.box for d in ds if d.class_id == c]) for ds in detections)]

@@ -132,6 +132,11 @@ def test_empty_prediction_gives_no_detections():
         ({"max_detections": 2.5}, "must be an integer"),
         ({"max_detections": True}, "must be a number"),
         ({"nms": 1}, "unknown parameter"),
+        ({"classes": "0;2"}, "classes must be comma-separated class ids"),
+        ({"classes": [0, 2]}, "classes must be comma-separated class ids"),
+        ({"classes": "-1"}, "classes must be comma-separated class ids"),
+        ({"agnostic_nms": 1}, "agnostic_nms must be true or false"),
+        ({"multi_label": "yes"}, "multi_label must be true or false"),
     ],
 )
 def test_detection_params_validation(overrides, message):
@@ -144,6 +149,31 @@ def test_detection_params_from_strings_and_json():
     assert params == DetectionParams(0.4, 0.45, 12)
     assert DetectionParams.from_request_json(params, '{"iou_threshold": 0.5}').iou_threshold == 0.5
     assert DetectionParams.from_request_json(params, "{}") == params
+    options = DetectionParams.from_request_json(params, '{"classes": "2, 0,2", "agnostic_nms": true, "multi_label": "True"}')
+    assert (options.classes, options.agnostic_nms, options.multi_label) == ((0, 2), True, True)
+    assert DetectionParams().updated({"classes": 7}).classes == (7,)
+    assert DetectionParams().updated({"classes": ""}).classes == ()
+    with pytest.raises(ValueError, match=r"class ids of this model \(0 to 79\)"):
+        DetectionParams.from_request_json(params, '{"classes": "3,80"}', num_classes=80)
+    assert DetectionParams().updated(options.as_config()) == options  # what the config carries reads back the same
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("classes, agnostic, multi_label", [((3, 7), False, False), (None, True, False),
+                                                             (None, False, True), ((1, 2, 5), True, True)])
+def test_detect_py_options_match_reference(seed, classes, agnostic, multi_label):
+    pred = random_prediction(3000, seed=seed)
+    meta = Letterbox((480, 640), (256, 320)).meta
+    params = DetectionParams(0.1, 0.45, 3000, tuple(classes or ()), agnostic, multi_label)
+    result = post.postprocess(pred, meta, params)
+    boxes, scores, found = ref_detect(pred, (480, 640), (256, 320), 0.1, 0.45, 3000, classes=classes,
+                                      agnostic=agnostic, multi_label=multi_label)
+    plain = ref_detect(pred, (480, 640), (256, 320), 0.1, 0.45, 3000)
+    assert len(scores) != len(plain[1])  # the options change the answer
+    assert len(result) == len(scores)
+    np.testing.assert_array_equal(result.classes, found)
+    np.testing.assert_allclose(result.scores, scores, rtol=1e-6)
+    np.testing.assert_allclose(result.boxes, boxes, atol=1e-3)
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (640, 480), (427, 640), (15, 23), (333, 333), (1, 3000), (3000, 1)])

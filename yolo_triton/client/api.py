@@ -18,7 +18,9 @@ from .servers import Endpoint, Servers
 from .transport import PROTOCOLS, GrpcTransport, HttpTransport, check_files, server_urls
 
 DEFAULT_MODEL = specs.YOLOV7.ensemble_name
-CONF_PARAMETER, IOU_PARAMETER, MAX_DET_PARAMETER = DetectionParams.KEYS  # the ensemble's request parameters
+# the ensemble's request parameters
+CONF_PARAMETER, IOU_PARAMETER, MAX_DET_PARAMETER, CLASSES_PARAMETER, AGNOSTIC_PARAMETER, MULTI_LABEL_PARAMETER = \
+    DetectionParams.KEYS
 
 
 class Detector:
@@ -199,9 +201,16 @@ class Detector:
     # -- requests
 
     @staticmethod
-    def parameters(conf: Optional[float] = None, iou: Optional[float] = None, max_det: Optional[int] = None) -> Optional[dict]:
-        """Triton request parameters overriding the postprocess config defaults (None: keep the default)."""
-        values = {CONF_PARAMETER: conf, IOU_PARAMETER: iou, MAX_DET_PARAMETER: max_det}
+    def parameters(conf: Optional[float] = None, iou: Optional[float] = None, max_det: Optional[int] = None,
+                   classes: Optional[Iterable[int]] = None, agnostic_nms: Optional[bool] = None,
+                   multi_label: Optional[bool] = None) -> Optional[dict]:
+        """Triton request parameters overriding the postprocess config defaults (None: keep the default): the
+        thresholds, and the options of the official ``detect.py`` — ``classes`` (keep only these class ids),
+        ``agnostic_nms`` (one NMS across classes), ``multi_label`` (a box may carry every class above ``conf``)."""
+        values = {CONF_PARAMETER: conf, IOU_PARAMETER: iou, MAX_DET_PARAMETER: max_det,
+                  # Triton request parameters hold no lists: class ids travel as "0,2"
+                  CLASSES_PARAMETER: None if classes is None else ",".join(str(int(c)) for c in classes),
+                  AGNOSTIC_PARAMETER: agnostic_nms, MULTI_LABEL_PARAMETER: multi_label}
         return {k: v for k, v in values.items() if v is not None} or None
 
     def _infer(self, payloads: Sequence[bytes], parameters: Optional[dict]) -> List[List[Detection]]:
@@ -212,27 +221,28 @@ class Detector:
         return self._servers.retrying(self._retry, once)
 
     def detect(self, item: Item, conf: Optional[float] = None, iou: Optional[float] = None,
-               max_det: Optional[int] = None) -> List[Detection]:
-        """Detections of one image (encoded bytes or a file path), sorted by score."""
-        return self._infer([read_item(item)], self.parameters(conf, iou, max_det))[0]
+               max_det: Optional[int] = None, **options: Any) -> List[Detection]:
+        """Detections of one image (encoded bytes or a file path), sorted by score. ``options``: ``classes``,
+        ``agnostic_nms``, ``multi_label`` (``parameters``), here and in the other ``detect*`` and ``stream``."""
+        return self._infer([read_item(item)], self.parameters(conf, iou, max_det, **options))[0]
 
     def detect_batch(self, items: Sequence[Item], conf: Optional[float] = None, iou: Optional[float] = None,
-                     max_det: Optional[int] = None) -> List[List[Detection]]:
+                     max_det: Optional[int] = None, **options: Any) -> List[List[Detection]]:
         """Several images per request (``[B, 1]``, split at the model's max batch size); one list per item. A bad
         image fails its whole request: the server's message names the element (``IMAGE[i]: ...``)."""
         items = list(items)
-        parameters, size, out = self.parameters(conf, iou, max_det), self.max_batch_size, []
+        parameters, size, out = self.parameters(conf, iou, max_det, **options), self.max_batch_size, []
         for start in range(0, len(items), size):
             out += self._infer([read_item(i) for i in items[start:start + size]], parameters)
         return out
 
     def detect_many(self, items: Iterable[Item], *, concurrency: Optional[int] = None, batch_size: int = 1,
                     conf: Optional[float] = None, iou: Optional[float] = None, max_det: Optional[int] = None,
-                    return_exceptions: bool = False) -> List[Union[List[Detection], ClientError]]:
+                    return_exceptions: bool = False, **options: Any) -> List[Union[List[Detection], ClientError]]:
         """Many images with ``concurrency`` async requests in flight; results in input order. The first failed
         item's error is raised, or with ``return_exceptions`` it takes the item's place in the list."""
         results = sorted(self.stream(items, concurrency=concurrency, batch_size=batch_size, conf=conf, iou=iou,
-                                     max_det=max_det), key=lambda r: r.index)
+                                     max_det=max_det, **options), key=lambda r: r.index)
         if not return_exceptions:
             for result in results:
                 if result.error is not None:
@@ -241,7 +251,7 @@ class Detector:
 
     def stream(self, items: Iterable[Item], *, concurrency: Optional[int] = None, batch_size: int = 1,
                conf: Optional[float] = None, iou: Optional[float] = None,
-               max_det: Optional[int] = None) -> Iterator[ItemResult]:
+               max_det: Optional[int] = None, **options: Any) -> Iterator[ItemResult]:
         """Yield an ``ItemResult`` per item as its request completes (not in input order; ``index`` says which).
 
         Items are read lazily, so a generator of millions of paths or frames is fine: at most ``concurrency``
@@ -254,7 +264,7 @@ class Detector:
             raise ValueError("concurrency and batch_size must be at least 1")
         if batch_size > 1 and batch_size > self.max_batch_size:
             raise ValueError(f"batch_size {batch_size} is above model {self.model!r}'s max batch size {self.max_batch_size}")
-        parameters, servers = self.parameters(conf, iou, max_det), self._servers
+        parameters, servers = self.parameters(conf, iou, max_det, **options), self._servers
         pending = self._transport.pending()
         source, exhausted = enumerate(items), False
         ready: Deque[_Job] = collections.deque()  # to (re)submit now

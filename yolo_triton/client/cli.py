@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..pipeline.decode import SUPPORTED_FORMATS
-from .api import CONF_PARAMETER, DEFAULT_MODEL, IOU_PARAMETER, MAX_DET_PARAMETER, Detector
+from .api import (AGNOSTIC_PARAMETER, CLASSES_PARAMETER, CONF_PARAMETER, DEFAULT_MODEL, IOU_PARAMETER, MAX_DET_PARAMETER,
+                  MULTI_LABEL_PARAMETER, Detector)
 from .draw import draw_detections, dummy_image
 from .errors import ClientError, InputError
 from .results import Detection, ItemResult, image_size, read_item
@@ -87,6 +88,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument("--conf", type=float, metavar="T", help=f"confidence threshold ({CONF_PARAMETER})")
     group.add_argument("--iou", type=float, metavar="T", help=f"NMS IoU threshold ({IOU_PARAMETER})")
     group.add_argument("--max-det", type=int, metavar="N", help=f"most boxes per image ({MAX_DET_PARAMETER})")
+    group.add_argument("--classes", type=int, nargs="+", metavar="ID",
+                       help=f"keep only these class ids, as detect.py --classes 0 2 ({CLASSES_PARAMETER})")
+    group.add_argument("--agnostic-nms", action="store_const", const=True,
+                       help=f"one NMS across classes, as detect.py --agnostic-nms ({AGNOSTIC_PARAMETER})")
+    group.add_argument("--multi-label", action="store_const", const=True,
+                       help=f"a box may carry every class above the threshold, as test.py ({MULTI_LABEL_PARAMETER})")
     group = parser.add_argument_group("throughput")
     group.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default 4)")
     group.add_argument("--batch", type=int, default=1, metavar="N",
@@ -225,11 +232,17 @@ def _annotate_to(path: Path, data: bytes, detections: Sequence[Detection]) -> No
         raise InputError(f"cannot write the annotated image {path} (use a .jpg, .png, .bmp or .webp name)")
 
 
+def detection_options(args) -> dict:
+    """The request parameters the command line set (``Detector.parameters``' keywords)."""
+    return {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "classes": args.classes,
+            "agnostic_nms": args.agnostic_nms, "multi_label": args.multi_label}
+
+
 def run_images(detector: Detector, args, items: Sequence[Union[Path, bytes]], labels: Sequence[str]) -> int:
     outputs = output_paths([Path(l) for l in labels], args.output)
     printer = _Printer(len(items), args.progress, "img")
     stream = detector.stream([str(i) if isinstance(i, Path) else i for i in items], concurrency=args.concurrency,
-                             batch_size=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det)
+                             batch_size=args.batch, **detection_options(args))
     try:
         for result in printer.ordered(stream):
             label = labels[result.index]
@@ -275,8 +288,8 @@ def run_video(detector: Detector, args) -> int:
     writer = None
     printer = _Printer(count, args.progress, "frame")
     try:
-        stream = detector.stream(encoded(), concurrency=args.concurrency, batch_size=args.batch, conf=args.conf,
-                                 iou=args.iou, max_det=args.max_det)
+        stream = detector.stream(encoded(), concurrency=args.concurrency, batch_size=args.batch,
+                                 **detection_options(args))
         for result in printer.ordered(stream):
             frame = frames.pop(result.index)
             height, width = frame.shape[:2]

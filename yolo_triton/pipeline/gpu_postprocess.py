@@ -56,23 +56,39 @@ def top_candidates_per_image(image_idx: torch.Tensor, scores: torch.Tensor, coun
 def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequence[DetectionParams]) -> List[Detections]:
     """Raw-grid predictions [N, K, 5+nc] (any device) + letterbox metas → detections per image (numpy, host).
 
-    ``params`` per image (requests may set their own thresholds)."""
+    ``params`` per image (requests may set their own thresholds, classes, agnostic_nms and multi_label)."""
     from torchvision.ops import nms
 
     n, _, width = predictions.shape
+    num_classes = width - 5
     device = predictions.device
     conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)
+    multi_label = None
+    if any(p.multi_label for p in params):
+        multi_label = torch.tensor([p.multi_label for p in params], device=device)
     # candidates come out image-major (nonzero walks the batch in order): each image's are one contiguous run
-    image_idx, boxes, scores, classes = raw_grid_candidates(predictions, conf)
+    image_idx, boxes, scores, classes = raw_grid_candidates(predictions, conf, multi_label)
+    if any(p.classes for p in params):  # the request's classes only, before the per-image cap (as the CPU path)
+        allowed = torch.ones((n, num_classes), dtype=torch.bool)
+        for i, p in enumerate(params):
+            if p.classes:
+                allowed[i] = False
+                allowed[i, list(p.classes)] = True
+        keep = allowed.to(device)[image_idx, classes]
+        image_idx, boxes, scores, classes = image_idx[keep], boxes[keep], scores[keep], classes[keep]
     counts = torch.bincount(image_idx, minlength=n)
     per_image = counts.tolist()
     if max(per_image, default=0) > MAX_NMS_CANDIDATES:  # a conf_threshold near 0: bound NMS as the CPU path does
         top = top_candidates_per_image(image_idx, scores, counts, MAX_NMS_CANDIDATES)
         boxes, scores, classes, image_idx = boxes[top], scores[top], classes[top], image_idx[top]
         per_image = [min(count, MAX_NMS_CANDIDATES) for count in per_image]
-    # boxes offset per (image, class) group so that groups never suppress each other; float64 so that the
-    # offsets cost no precision
-    groups = (image_idx * (width - 4) + classes).double() * GROUP_OFFSET
+    # boxes offset per (image, class) group — per image alone with agnostic_nms — so that groups never suppress
+    # each other; float64 so that the offsets cost no precision
+    group_class = classes
+    if any(p.agnostic_nms for p in params):
+        agnostic = torch.tensor([p.agnostic_nms for p in params], device=device)
+        group_class = torch.where(agnostic[image_idx], torch.zeros_like(classes), classes)
+    groups = (image_idx * num_classes + group_class).double() * GROUP_OFFSET
     ends = np.cumsum(per_image).tolist()
     kept = [torch.zeros(0, dtype=torch.int64, device=device)]
     for start, stop in nms_chunks(per_image, [p.iou_threshold for p in params]):

@@ -9,7 +9,6 @@ import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
 from yolo_triton.pipeline.gpu_postprocess import postprocess_batch, warm_up_postprocess
-from yolo_triton.specs import DetectionParams
 
 from . import postprocess as cpu
 from .common import StepTimes, error_response, input_tensor, pick_device, request_slices
@@ -35,7 +34,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
         good, params, predictions, metas = [], [], [], []
         for index, request in enumerate(requests):
             try:
-                request_params = DetectionParams.from_request_json(self.defaults, request.parameters())
+                request_params = self.request_params(request)
             except ValueError as error:
                 responses[index] = error_response(f"bad request parameter: {error}")
                 continue

@@ -1,7 +1,8 @@
 """Postprocess step of the ensemble: detector output + letterbox meta → boxes, scores, classes, names.
 
-Thresholds default from config.pbtxt ``parameters``; a request may override them with Triton request
-parameters (``conf_threshold``, ``iou_threshold``, ``max_detections``), which the ensemble passes down.
+Thresholds and options default from config.pbtxt ``parameters``; a request may override them with Triton request
+parameters (``conf_threshold``, ``iou_threshold``, ``max_detections``, ``classes``, ``agnostic_nms``,
+``multi_label``: ``specs.DetectionParams``), which the ensemble passes down.
 The detector's output layout is the ``layout`` parameter; at load, our declared inputs are checked against
 that layout and against the outputs the detector's own config.pbtxt declares.
 """
@@ -13,9 +14,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from yolo_triton import specs
+from yolo_triton import layouts, specs
 from yolo_triton.boxes import LetterboxMeta
-from yolo_triton.layouts import check_detector_outputs
 from yolo_triton.pipeline.postprocess import postprocess
 from yolo_triton.specs import DetectionParams
 from yolo_triton.repository import check_against_detector_config
@@ -30,13 +30,15 @@ class TritonPythonModel:
         self.layout = params["layout"]
         self.input_size = tuple(int(v) for v in params["input_size"].split(","))
         self.labels = np.array([name.encode() for name in json.loads(params["labels"])], dtype=object)
-        self.defaults = DetectionParams().updated({key: params[key] for key in DetectionParams.KEYS})
         self.detector_outputs = [
             specs.TensorSpec(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
             for t in config["input"] if t["name"] != specs.LETTERBOX_META
         ]
         try:
-            check_detector_outputs(self.layout, self.detector_outputs, len(self.labels))
+            self.defaults = DetectionParams().updated(
+                {key: params[key] for key in DetectionParams.KEYS if key in params}, len(self.labels))
+            layouts.check_request(self.layout, self.defaults)
+            layouts.check_detector_outputs(self.layout, self.detector_outputs, len(self.labels))
             detector_config = os.path.join(os.path.dirname(args["model_repository"]), params["detector_model"], "config.pbtxt")
             check_against_detector_config(self.detector_outputs, detector_config)
         except ValueError as error:
@@ -45,9 +47,15 @@ class TritonPythonModel:
     def execute(self, requests):
         return [self._execute_one(request) for request in requests]
 
+    def request_params(self, request) -> DetectionParams:
+        """The request's parameters over the config's; ValueError says what is wrong with them."""
+        params = DetectionParams.from_request_json(self.defaults, request.parameters(), len(self.labels))
+        layouts.check_request(self.layout, params)
+        return params
+
     def _execute_one(self, request):
         try:
-            params = DetectionParams.from_request_json(self.defaults, request.parameters())
+            params = self.request_params(request)
         except ValueError as error:
             return error_response(f"bad request parameter: {error}")
         outputs = {t.name: pb_utils.get_input_tensor_by_name(request, t.name).as_numpy() for t in self.detector_outputs}
