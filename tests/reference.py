@@ -28,6 +28,20 @@ def ref_letterbox(img, new_hw, color=114):
     return canvas
 
 
+def ref_letterbox_auto(img, new_shape=640, color=114, stride=32):
+    """The official utils/datasets.py letterbox with its detect.py defaults (auto=True, scaleup=True): the padding
+    only up to a multiple of the stride, borders added by copyMakeBorder. Returns (canvas, ratio, (dw, dh))."""
+    h, w = img.shape[:2]
+    r = min(new_shape / h, new_shape / w)
+    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    dw, dh = np.mod(new_shape - unpad_w, stride) / 2, np.mod(new_shape - unpad_h, stride) / 2
+    if (w, h) != (unpad_w, unpad_h):
+        img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3), r, (dw, dh)
+
+
 def darknet_new_size(w, h, netw, neth, letter):
     """darknet's (new_w, new_h): letterbox_image / correct_yolo_boxes with letter, else the network's size."""
     if not letter:

@@ -5,7 +5,9 @@ Three fits, one per family's own pipeline (``ModelSpec.fit``):
 
 - ``letterbox``: the official YOLOv7 ``letterbox(auto=False)``: keep the aspect ratio, resize until the image fits,
   pad centred, an odd padding split the way the official code's ``round(d ± 0.1)`` splits it; the way back is the
-  official ``scale_coords``, from the two shapes;
+  official ``scale_coords``, from the two shapes. ``detect.py``'s default ``letterbox(auto=True)`` is the same fit
+  onto a rectangular canvas (``stride_canvas``: padded only up to a multiple of the stride), the gain still the
+  square's (``Letterbox.scale_hw``); ``smallest_bucket`` picks the detector shape that holds such a canvas;
 - ``darknet``: darknet's ``letterbox_image`` (a cfg's ``letter_box=1``): the long side to the network's, the short
   one by integer division, placed at integer offsets; the way back is darknet's ``correct_yolo_boxes``;
 - ``stretch``: darknet's default (``resize_image`` to the network size): the whole image, aspect ratio not kept, so
@@ -18,7 +20,7 @@ CPU, torch on the GPU).
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -55,6 +57,9 @@ class Letterbox:
     original_hw: Tuple[int, int]
     target_hw: Tuple[int, int]
     fit: str = "letterbox"
+    # letterbox: the size the gain is taken from, where it is not the canvas (detect.py's auto=True: the square
+    # new_shape, while the canvas is only as large as the stride asks); None: the canvas
+    scale_hw: Optional[Tuple[int, int]] = None
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -68,7 +73,8 @@ class Letterbox:
             return th, tw
         if self.fit == "darknet":  # letterbox_image: integer division, as darknet's C
             return (th, max(1, (w0 * th) // h0)) if tw / w0 >= th / h0 else (max(1, (h0 * tw) // w0), tw)
-        gain = min(th / h0, tw / w0)
+        sh, sw = self.scale_hw or self.target_hw
+        gain = min(sh / h0, sw / w0)
         return max(1, int(round(h0 * gain))), max(1, int(round(w0 * gain)))
 
     @property
@@ -91,6 +97,22 @@ class Letterbox:
         # (a float: one half pixel off the integer offset the image was embedded at, as darknet has it)
         nh, nw = self.resized_hw
         return LetterboxMeta(h0, w0, nw / w0, nh / h0, (tw - nw) / 2, (th - nh) / 2)
+
+
+def stride_canvas(original_hw: Tuple[int, int], size_hw: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    """The canvas of the official ``letterbox(auto=True)`` (``detect.py``'s default): the image resized to fit
+    ``size_hw`` (aspect kept, as ``Letterbox``), each side padded only up to the next multiple of ``stride`` — a
+    1920×1080 frame at 640 becomes 384×640 (h×w), not 640×640."""
+    nh, nw = Letterbox(tuple(original_hw), tuple(size_hw)).resized_hw
+    return nh + (size_hw[0] - nh) % stride, nw + (size_hw[1] - nw) % stride
+
+
+def smallest_bucket(needed_hw: Tuple[int, int], buckets: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """The bucket (h, w) of least area that holds ``needed_hw``; ties: the first given. ValueError if none does."""
+    holding = [b for b in buckets if b[0] >= needed_hw[0] and b[1] >= needed_hw[1]]
+    if not holding:
+        raise ValueError(f"no input shape of {list(buckets)} holds {needed_hw[0]}×{needed_hw[1]}")
+    return min(holding, key=lambda b: b[0] * b[1])
 
 
 @dataclasses.dataclass

@@ -33,6 +33,8 @@ LAYOUT_EFFICIENT_NMS = "efficient_nms"  # official export.py --end2end: NMS done
 LAYOUT_TENSORRTX_PROB = "tensorrtx_prob"  # a count + 1000 rows of 7, NMS still to do
 LAYOUT_ISARSOFT_DETECTIONS = "isarsoft_detections"  # K rows of 7, normalised, nothing done
 LAYOUT_NAMES = (LAYOUT_RAW_GRID, LAYOUT_EFFICIENT_NMS, LAYOUT_TENSORRTX_PROB, LAYOUT_ISARSOFT_DETECTIONS)
+# the frames rectangular inference is shaped for: 4:3 photos and 16:9 video (ModelSpec.rect_buckets)
+RECT_ASPECTS = (3 / 4, 9 / 16)
 MAX_NMS_CANDIDATES = 30000  # candidates per image that reach NMS at most, as the official code: bounds NMS's work
 
 
@@ -108,6 +110,17 @@ class ModelSpec:
     @property
     def postprocess_name(self) -> str:
         return f"{self.name}_postprocess"
+
+    def rect_buckets(self) -> Tuple[Tuple[int, int], ...]:
+        """The detector input shapes (h, w) of rectangular inference: the square, and for each aspect ratio of
+        ``RECT_ASPECTS`` the canvas ``detect.py``'s ``letterbox(auto=True)`` gives a frame of that ratio (long side
+        the input size's, short side up to a multiple of the largest stride), both ways up, square first."""
+        side, stride = max(self.input_size), max(self.strides)
+        shapes = [(side, side)]
+        for ratio in RECT_ASPECTS:
+            short = -(-round(side * ratio) // stride) * stride
+            shapes += [s for s in ((short, side), (side, short)) if s not in shapes]
+        return tuple(shapes)
 
     def with_overrides(self, **changes) -> "ModelSpec":
         """A variant (smaller input or width for fast tests, other thresholds); validated like the original."""

@@ -7,7 +7,7 @@ is OpenCV's bilinear, as the official code's.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -21,12 +21,13 @@ def to_chw_float(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def fit_image(image_bgr: np.ndarray, target_hw: Tuple[int, int], pad_value: float = 114,
-              fit: str = "letterbox") -> Tuple[np.ndarray, LetterboxMeta]:
+              fit: str = "letterbox", scale_hw: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, LetterboxMeta]:
     """H×W×3 uint8 BGR → (3×H×W float32 RGB 0..1 on the detector's canvas, the way back). The fill is
-    ``pad_value`` on the 0..255 scale (darknet's grey 0.5 is 127.5, between two 8-bit levels)."""
+    ``pad_value`` on the 0..255 scale (darknet's grey 0.5 is 127.5, between two 8-bit levels). ``scale_hw``:
+    ``Letterbox``'s (a rectangular canvas with the square's gain)."""
     import cv2  # here, not at the top: the GPU path imports this package and never needs OpenCV
 
-    geometry = Letterbox(image_bgr.shape[:2], tuple(target_hw), fit)
+    geometry = Letterbox(image_bgr.shape[:2], tuple(target_hw), fit, scale_hw)
     new_h, new_w = geometry.resized_hw
     if (new_h, new_w) != image_bgr.shape[:2]:
         image_bgr = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
