@@ -163,6 +163,11 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
         save_torch_artifact(model, spec, save_torch, meta=build_metadata(spec, weights, seed, opset, model))
 
     dummy = torch.zeros(EXPORT_BATCH, 3, *spec.input_size)
+    dynamic_axes = {specs.DETECTOR_INPUT: {0: BATCH_AXIS}, specs.DETECTOR_OUTPUT: {0: BATCH_AXIS}}
+    if spec.rect:  # rectangular inference: any height and width (multiples of the stride), K following them
+        dynamic_axes = {specs.DETECTOR_INPUT: {0: BATCH_AXIS, 2: "height", 3: "width"},
+                        specs.DETECTOR_OUTPUT: {0: BATCH_AXIS, 1: "candidates"}}
+        model.detect.symbolic_grid = True
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
@@ -183,13 +188,14 @@ def export_onnx(spec: specs.ModelSpec, output_path: Union[str, os.PathLike],
                 do_constant_folding=True,
                 input_names=[specs.DETECTOR_INPUT],
                 output_names=[specs.DETECTOR_OUTPUT],
-                dynamic_axes={specs.DETECTOR_INPUT: {0: BATCH_AXIS}, specs.DETECTOR_OUTPUT: {0: BATCH_AXIS}},
+                dynamic_axes=dynamic_axes,
             )
         proto = onnx.load(str(tmp_path))
         # The tracer names the output's K and 5+nc dims symbolically; they are fixed, and Triton and TensorRT
         # want them so. check_model(full_check=True) below re-infers the shapes and fails if they disagree.
         out_dims = proto.graph.output[0].type.tensor_type.shape.dim
-        out_dims[1].dim_value = spec.num_candidates
+        if not spec.rect:
+            out_dims[1].dim_value = spec.num_candidates
         out_dims[2].dim_value = spec.num_outputs
         metadata = build_metadata(spec, weights, seed, opset, model)
         del proto.metadata_props[:]

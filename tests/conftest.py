@@ -17,8 +17,8 @@ from yolo_triton.placement import PRESETS
 from yolo_triton.repository import repository_files, write_repository
 from yolo_triton.serving.triton import TritonServer
 
-from .helpers import FULL, LAYOUT_SPECS, PHOTOS, SMALL, TORCH_SPECS, V4, V4_TINY
-from .reference import Reference
+from .helpers import FULL, LAYOUT_SPECS, PHOTOS, RECT, SMALL, TORCH_SPECS, V4, V4_TINY
+from .reference import RectReference, Reference
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO_DIR = Path(skimage.__file__).parent / "data"
@@ -62,7 +62,7 @@ def onnx_models(tmp_path_factory):
     code = hashlib.sha256(b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()[:12]
     cache = ROOT / "build" / "artifacts" / "test" / code
     paths = {}
-    for spec in (SMALL, FULL, V4, V4_TINY):
+    for spec in (SMALL, FULL, V4, V4_TINY, RECT):
         path = cache / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-w{spec.width_multiple}-seed0.onnx"
         if not path.exists():
             create_onnx.export_onnx(spec, path, seed=0, save_torch=path.with_suffix(".pt"))
@@ -72,7 +72,8 @@ def onnx_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, onnx_models):
-    path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY], onnx_files=onnx_models)
+    path = write_repository(tmp_path_factory.mktemp("model_repository"), [SMALL, FULL, V4, V4_TINY, RECT],
+                            onnx_files=onnx_models)
     # RUNTIME=torch on the CPU: the same weights as SMALL and V4_TINY, our PyTorch modules as the detector
     for spec in TORCH_SPECS:
         source = spec.name[: -len("_torch")]
@@ -102,6 +103,11 @@ def reference_small(onnx_models):
 @pytest.fixture(scope="session")
 def reference_full(onnx_models):
     return Reference(onnx_models[FULL.name], FULL.input_size)
+
+
+@pytest.fixture(scope="session")
+def reference_rect(onnx_models):
+    return RectReference(onnx_models[RECT.name], max(RECT.input_size))
 
 
 @pytest.fixture(scope="session")

@@ -164,3 +164,24 @@ class Reference:
     def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300, **options):
         pred, orig_hw = self.raw(encoded)
         return ref_detect(pred, orig_hw, self.input_hw, conf, iou, max_det, self.fit, **options)
+
+
+class RectReference:
+    """detect.py's default path on an ONNX with dynamic height and width: letterbox(auto=True) to the stride, the
+    network on that canvas, scale_coords from the canvas's shape. ``canvas_hw`` forces a canvas instead (the
+    official letterbox auto=False onto it, for images whose own canvas the server pads further)."""
+
+    def __init__(self, onnx_path, new_shape: int):
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.new_shape = new_shape
+
+    def canvas_and_input(self, encoded: bytes, canvas_hw=None):
+        img = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+        boxed = ref_letterbox(img, canvas_hw) if canvas_hw else ref_letterbox_auto(img, self.new_shape)[0]
+        x = np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+        return boxed.shape[:2], x, img.shape[:2]
+
+    def detect(self, encoded: bytes, conf=0.25, iou=0.45, max_det=300, canvas_hw=None):
+        canvas, x, orig_hw = self.canvas_and_input(encoded, canvas_hw)
+        pred = self.session.run(None, {"images": x})[0][0]
+        return ref_detect(pred, orig_hw, canvas, conf, iou, max_det)

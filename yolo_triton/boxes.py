@@ -115,6 +115,14 @@ def smallest_bucket(needed_hw: Tuple[int, int], buckets: Sequence[Tuple[int, int
     return min(holding, key=lambda b: b[0] * b[1])
 
 
+def rect_canvas(original_hws: Sequence[Tuple[int, int]], buckets: Sequence[Tuple[int, int]],
+                size_hw: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    """The detector shape the images of one request share in rectangular inference: the smallest bucket that holds
+    every image's ``stride_canvas`` (one image: its own canvas, where that is a bucket)."""
+    canvases = [stride_canvas(hw, size_hw, stride) for hw in original_hws]
+    return smallest_bucket((max(c[0] for c in canvases), max(c[1] for c in canvases)), buckets)
+
+
 @dataclasses.dataclass
 class Detections:
     """Boxes x1,y1,x2,y2 (float32), scores (float32), class ids (int32) of one image; sorted by score."""

@@ -80,7 +80,7 @@ def detector_input(spec: S.ModelSpec, placement: Placement) -> TensorSpec:
     """FP16 where the detector runs in FP16 on a GPU (RUNTIME=torch, half): the preprocess hands over half the
     bytes and the detector casts nothing; FP32 everywhere else."""
     half = placement.runtime == "torch" and placement.gpu and placement.half
-    return TensorSpec(S.DETECTOR_INPUT, "TYPE_FP16" if half else "TYPE_FP32", (3, *spec.input_size))
+    return TensorSpec(S.DETECTOR_INPUT, "TYPE_FP16" if half else "TYPE_FP32", spec.input_dims)
 
 
 def preprocess_config(spec: S.ModelSpec, placement: Placement, name: Optional[str] = None) -> mc.ModelConfig:
@@ -90,7 +90,11 @@ def preprocess_config(spec: S.ModelSpec, placement: Placement, name: Optional[st
                   placement,
                   CPU_PREPOST_INSTANCES["preprocess"],
                   parameters={"fit": spec.fit, "pad_value": spec.pad_value, "max_image_bytes": limits.max_bytes,
-                              "max_image_pixels": limits.max_pixels})
+                              "max_image_pixels": limits.max_pixels,
+                              # rectangular inference: the detector's shapes; the square's gain; the stride
+                              "input_size": ",".join(map(str, spec.input_size)),
+                              **({"rect_buckets": ";".join(f"{h},{w}" for h, w in spec.rect_buckets()),
+                                  "stride": max(spec.strides)} if spec.rect else {})})
 
 
 def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
@@ -100,6 +104,9 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
     outputs = layouts.detector_outputs(spec)
     plugin_parameter = {PLUGINS_PARAMETER: PLUGIN_SEPARATOR.join(spec.plugins)} if spec.plugins else {}
     on_gpu = placement.detector_on_gpu
+    if spec.rect and (placement.runtime != "onnxruntime" or placement.prepost != "cpu"):
+        raise ValueError(f"{spec.name}: rectangular inference is served by RUNTIME=onnxruntime with pre/post on the "
+                         f"CPU only so far (not {placement.runtime}, {placement.prepost}): build it without rect")
     common = dict(on_gpu=on_gpu, placement=placement, preferred=True)
     inputs = [detector_input(spec, placement)]
     if placement.runtime == "onnxruntime":

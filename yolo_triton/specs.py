@@ -74,6 +74,9 @@ class ModelSpec:
     max_batch_size: int = 32
     preferred_batch_sizes: Tuple[int, ...] = (4, 8, 16)
     max_queue_delay_us: int = 2000
+    # rectangular inference: each image letterboxed as detect.py's default (auto=True) onto the smallest of
+    # rect_buckets() that holds it, the detector taking those shapes; False: the fixed input_size square
+    rect: bool = False
 
     @property
     def family(self) -> str:
@@ -95,9 +98,16 @@ class ModelSpec:
 
     @property
     def num_candidates(self) -> int:
-        """K in [N, K, 5+nc]: anchors × grid cells summed over the levels."""
+        """K in [N, K, 5+nc]: anchors × grid cells summed over the levels (-1 with ``rect``: it follows the shape)."""
+        if self.rect:
+            return -1
         h, w = self.input_size
         return sum(self.anchors_per_level * (h // s) * (w // s) for s in self.strides)
+
+    @property
+    def input_dims(self) -> Tuple[int, int, int]:
+        """The detector input's per-image dims: 3 × input_size, or 3 × any shape with ``rect``."""
+        return (3, -1, -1) if self.rect else (3, *self.input_size)
 
     @property
     def ensemble_name(self) -> str:
@@ -137,6 +147,9 @@ class ModelSpec:
             raise ValueError(f"{self.name}: {len(self.anchors)} anchor levels for {len(self.strides)} strides")
         if self.fit not in FITS:
             raise ValueError(f"{self.name}: unknown fit {self.fit!r}; known: {', '.join(FITS)}")
+        if self.rect and (h != w or self.fit != "letterbox" or self.layout != LAYOUT_RAW_GRID):
+            raise ValueError(f"{self.name}: rectangular inference needs a square input_size, the letterbox fit and the "
+                             f"raw_grid layout (detect.py's auto=True letterbox; YOLOv7's family)")
         if not 0.0 <= self.pad_value <= 255.0:
             raise ValueError(f"{self.name}: pad_value {self.pad_value} is not on the 0..255 scale")
         if self.layout not in LAYOUT_NAMES:

@@ -248,6 +248,8 @@ class ImplicitM(_Implicit):
 class IDetect(nn.Module):
     """Detection head with implicit knowledge; decodes to ``[N, K, no]`` (boxes in input pixels)."""
 
+    symbolic_grid = False  # set for an ONNX export with dynamic height and width
+
     def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int], strides: Sequence[int]):
         super().__init__()
         self.nc = nc
@@ -279,7 +281,9 @@ class IDetect(nn.Module):
                 x = self.m[i](x)
             else:
                 x = self.im[i](self.m[i](self.ia[i](x)))
-            ny, nx = int(x.shape[2]), int(x.shape[3])  # fixed by the input size; the batch stays symbolic
+            # the grid follows the feature map: constants fixed by the input size, or symbolic in an ONNX export with
+            # dynamic height and width (rectangular inference: ``symbolic_grid``)
+            ny, nx = (x.shape[2], x.shape[3]) if self.symbolic_grid else (int(x.shape[2]), int(x.shape[3]))
             # (bs, na*no, ny, nx) -> (bs, na, ny, nx, no); -1 keeps the batch dimension dynamic in ONNX.
             x = x.reshape(-1, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)
             y = x.sigmoid()

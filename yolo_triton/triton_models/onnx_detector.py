@@ -57,13 +57,23 @@ class TritonPythonModel:
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, specs.DETECTOR_INPUT).as_numpy() for r in requests]
-        try:
-            outputs = self._run(np.concatenate(images) if len(images) > 1 else images[0])
-        except Exception as error:  # an onnxruntime failure fails this batch's requests, not the server
-            return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(out[part]))
-                                                           for name, out in zip(self.output_names, outputs)])
-                for part in request_slices(images)]
+        # requests of one input shape run as one batch (shapes differ only with rectangular inference)
+        by_shape = {}
+        for index, image in enumerate(images):
+            by_shape.setdefault(image.shape[1:], []).append(index)
+        responses = [None] * len(requests)
+        for members in by_shape.values():
+            group = [images[i] for i in members]
+            try:
+                outputs = self._run(np.concatenate(group) if len(group) > 1 else group[0])
+            except Exception as error:  # an onnxruntime failure fails this batch's requests, not the server
+                for i in members:
+                    responses[i] = error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL)
+                continue
+            for i, part in zip(members, request_slices(group)):
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor(name, np.ascontiguousarray(out[part])) for name, out in zip(self.output_names, outputs)])
+        return responses
 
     def _run(self, batch):
         # a scheduler batch never exceeds max_batch_size, but client-side batches stacked together could
