@@ -6,7 +6,7 @@
 
 Precision fp32 | fp16 (default) | int8 (entropy calibration over a folder of the user's images, preprocessed by
 the same code as the server: yolo_triton.pipeline.preprocess); one dynamic-batch optimisation profile (min/opt/max,
-default 1/8/32); a timing cache kept under build/ so that rebuilds are fast; a workspace limit; progress shown.
+default 1/8/32) — one per ``--shapes`` entry for an ONNX of dynamic height/width (rectangular inference); a timing cache kept under build/ so that rebuilds are fast; a workspace limit; progress shown.
 The plan is written to a temporary name and renamed when complete: a failed build never leaves a plan behind.
 
 TensorRT is not installable where this project is developed (no GPU; PyPI's tensorrt wheels are placeholders):
@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,6 +65,9 @@ class BuildSettings:
     calib_max_images: int = 512
     fit: str = "letterbox"  # how calibration images are fitted to the input: the model's own (boxes.Letterbox)
     pad_value: float = 114
+    # an ONNX with dynamic height and width (rectangular inference): one optimisation profile per (h, w), the first
+    # also the calibration's; empty for an input of a fixed size
+    shapes: Sequence[Tuple[int, int]] = ()
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -74,10 +77,19 @@ class BuildSettings:
         if self.precision == "int8" and self.calib_images is None and not (self.calib_cache and Path(self.calib_cache).exists()):
             raise ValueError("int8 needs --calib-images (a folder of your images) or an existing --calib-cache")
 
-    def profile(self, input_shape: Sequence[int]) -> tuple:
-        """(min, opt, max) shapes for an input [N, C, H, W] whose batch is dynamic."""
-        chw = tuple(int(d) for d in input_shape[1:])
-        return tuple((batch,) + chw for batch in (self.min_batch, self.opt_batch, self.max_batch))
+    def profiles(self, input_shape: Sequence[int]) -> List[tuple]:
+        """(min, opt, max) shapes of each optimisation profile for an input [N, C, H, W] whose batch is dynamic: one
+        profile for a fixed height and width, one per ``shapes`` entry for a dynamic one (Triton picks the profile
+        that fits a batch's shape)."""
+        channels, height, width = (int(d) for d in input_shape[1:])
+        dynamic = height < 0 or width < 0
+        if dynamic != bool(self.shapes):
+            raise ValueError(f"input {list(input_shape)}: " + (
+                "a dynamic height/width needs the shapes to build for (--shapes HxW ...; the spec's rect buckets)"
+                if dynamic else "--shapes applies to an input of dynamic height/width only"))
+        hws = self.shapes if dynamic else [(height, width)]
+        return [tuple((batch, channels, h, w) for batch in (self.min_batch, self.opt_batch, self.max_batch))
+                for h, w in hws]
 
 
 def calibration_files(folder: Path, limit: int) -> List[Path]:
@@ -201,15 +213,13 @@ class EngineBuilder:
         inputs = [self.network.get_input(i) for i in range(self.network.num_inputs)]
         if len(inputs) != 1:
             raise RuntimeError(f"{onnx_path}: expected one input, found {[t.name for t in inputs]}")
-        if any(int(d) < 0 for d in inputs[0].shape[1:]):
-            raise RuntimeError(f"{onnx_path}: input {inputs[0].name} {list(inputs[0].shape)} has a dynamic height/width; "
-                               "export it with a fixed input size (only the batch may be dynamic)")
-        profile = self.builder.create_optimization_profile()
-        shapes = self.settings.profile(inputs[0].shape)
-        profile.set_shape(inputs[0].name, *shapes)
-        self.config.add_optimization_profile(profile)
-        self.profile, self.input = profile, inputs[0]
-        LOGGER.info("input %s profile min/opt/max %s", inputs[0].name, shapes)
+        self.input, self.profile = inputs[0], None
+        for shapes in self.settings.profiles(inputs[0].shape):
+            profile = self.builder.create_optimization_profile()
+            profile.set_shape(inputs[0].name, *shapes)
+            self.config.add_optimization_profile(profile)
+            self.profile = self.profile or profile  # the first: the calibration's
+            LOGGER.info("input %s profile min/opt/max %s", inputs[0].name, shapes)
 
     def _set_precision(self):
         trt, settings = self.trt, self.settings
@@ -220,7 +230,7 @@ class EngineBuilder:
         if settings.precision == "int8":
             self.config.set_flag(trt.BuilderFlag.INT8)
             files = calibration_files(settings.calib_images, settings.calib_max_images) if settings.calib_images else []
-            hw = tuple(int(d) for d in self.input.shape[2:])
+            hw = self.settings.profiles(self.input.shape)[0][1][2:]  # the first profile's height and width
             # TensorRT calibrates at the profile's opt shape: the calibration batches must be exactly that size
             self.config.int8_calibrator = make_entropy_calibrator(trt, files, hw, settings.opt_batch, settings.calib_cache,
                                                                   settings.pad_value, settings.fit)
@@ -285,6 +295,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calib-max-images", type=int, default=512)
     parser.add_argument("--fit", default="letterbox", help="how calibration images are fitted: the model's (boxes.FITS)")
     parser.add_argument("--pad-value", type=float, default=114, help="the fit's fill, 0..255")
+    parser.add_argument("--shapes", nargs="+", default=[], metavar="HxW",
+                        help="an ONNX of dynamic height/width: one optimisation profile per shape (rectangular inference)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -295,6 +307,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, plugins=tuple(args.plugin),
         calib_images=args.calib_images, calib_cache=args.calib_cache, calib_max_images=args.calib_max_images,
         fit=args.fit, pad_value=args.pad_value,
+        shapes=tuple(tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes),
     )
 
 

@@ -85,7 +85,7 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
     if inputs["ONNX"]:
         _file_state(inputs["ONNX"])
         return Path(inputs["ONNX"]).resolve()
-    output = artifacts / f"{spec.name}.onnx"
+    output = artifacts / f"{spec.name}{'-rect' if spec.rect else ''}.onnx"
     torch_artifact = torch_artifact_path(output)
     stamp_path = output.with_suffix(".onnx.json")
     stamp = {
@@ -94,6 +94,7 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         "cfg": _file_state(inputs["CFG"]),
         "labels": _file_state(inputs["LABELS"]),
         "seed": None if inputs["WEIGHTS"] else seed,
+        "rect": spec.rect,
         "exporter": exporter_hash(),
     }
     if (output.exists() and torch_artifact.exists() and stamp_path.exists()
@@ -109,6 +110,8 @@ def build_onnx(spec: specs.ModelSpec, artifacts: Path, seed: int, env: Dict[str,
         command += ["--seed", str(seed)]
     if inputs["LABELS"]:
         command += ["--labels", inputs["LABELS"]]
+    if spec.rect:
+        command += ["--rect"]
     if inputs["CFG"]:
         if spec.family != "yolov4":
             raise SystemExit(f"build-engines: CFG_{spec.name} given, but {spec.name} is not built from a darknet cfg")
@@ -172,6 +175,8 @@ def builder_arguments(args: argparse.Namespace, onnx_path: Path, plan: Path, spe
         if args.calib_images:
             command += ["--calib-images", str(args.calib_images)]
         command += ["--calib-cache", str(args.artifacts / "trt" / f"{spec.name}.calib")]
+    if spec.rect:  # one optimisation profile per shape bucket; Triton picks the one a batch's shape fits
+        command += ["--shapes", *(f"{h}x{w}" for h, w in spec.rect_buckets())]
     for plugin in spec.plugins:
         command += ["--plugin", plugin]
     return command
@@ -235,6 +240,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="how MODEL's images are fitted to its input: letterbox (YOLOv7's), darknet (darknet's "
                              "letter_box=1), stretch; FILL on the 0..255 scale (e.g. yolov4=darknet:128 as tensorrtx); "
                              "default: the model's own (a darknet cfg's letter_box)")
+    parser.add_argument("--rect", nargs="*", metavar="MODEL",
+                        help="rectangular inference for these models (none named: every YOLOv7-family model asked for): "
+                             "detect.py's letterbox(auto=True) onto the spec's shape buckets; RUNTIME=onnxruntime")
     parser.add_argument("--configs-only", action="store_true",
                         help="write the repository's configs from the specs, build no detector (`make repository`)")
     placement = parser.add_argument_group("the preset's fields, one by one (default: the preset's)")
@@ -335,6 +343,8 @@ def main(argv=None) -> int:
     model_specs, onnx_files, torch_files = [], {}, {}
     for name in args.models:
         spec = specs.get_spec(name)
+        if args.rect is not None and (name in args.rect or (not args.rect and spec.family == "yolov7")):
+            spec = spec.with_overrides(rect=True)
         if name in plugins:
             spec = spec.with_overrides(plugins=plugins[name])
         if args.configs_only:
@@ -348,7 +358,10 @@ def main(argv=None) -> int:
             torch_files[name] = torch_artifact_path(onnx_path)
         if placement.runtime == "tensorrt" and args.end2end:
             onnx_path = with_end2end_nms(onnx_path, args.artifacts, name, args.nms_conf, args.nms_iou, args.nms_top_k)
+        rect = spec.rect
         spec = spec_for_artifact(spec, onnx_path, placement.runtime, user_inputs(name, dict(os.environ))["LABELS"])
+        if rect and not spec.rect:
+            print(f"{name}: the ONNX has a fixed input size, so it is served on the fixed square, not rectangular")
         if name in fits:
             spec = spec.with_overrides(**fits[name])
         if placement.runtime == "tensorrt":

@@ -241,6 +241,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also write the fused model for RUNTIME=torch (yolo_triton.models.torch_artifact)")
     parser.add_argument("--save-darknet-weights", type=Path, default=None,
                         help="yolov4 family: also save the weights (random or loaded) as a darknet .weights file")
+    parser.add_argument("--rect", action="store_true",
+                        help="yolov7 family: dynamic height and width, for rectangular inference (ModelSpec.rect)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     return parser.parse_args(argv)
 
@@ -261,6 +263,8 @@ def main(argv=None) -> int:
         overrides["input_size"] = tuple(args.img_size)
     if args.width_multiple is not None:
         overrides["width_multiple"] = args.width_multiple
+    if args.rect:
+        overrides["rect"] = True
     if args.labels is not None:
         overrides["labels"] = tuple(n.strip() for n in args.labels.read_text(encoding="utf-8").splitlines() if n.strip())
     if overrides:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Compare `make bench` runs of one case across set-ups (1 vs 2 GPUs, instance counts…) → ratios, CSV, JSON, PNG.
+"""Compare `make bench` runs of one case across set-ups (1 vs 2 GPUs, instance counts, square vs rectangular
+inference…) → ratios, CSV, JSON, PNG.
 
     python -m tools.scaling --bench "1 GPU=/tmp/mg_1/bench.json" "2 GPUs=/tmp/mg_2/bench.json" --case b --out build/scaling
+    python -m tools.scaling --bench square=build/bench-rect/square/bench.json rect=build/bench-rect/rect/bench.json
 
-Each ratio is a set-up's best throughput over the first set-up's best (each over its own concurrency sweep), for
-the rows of ``--case`` (b: the ensemble with GPU pre/post). Issue G's target: 2 GPUs ≥ 1.9 × 1 GPU.
+Per configuration of ``--case`` (b: the ensemble; one row per image size), each set-up's best throughput over its own
+concurrency sweep, its p50 at concurrency 1, and the ratio of that best to the first set-up's best.
 """
 from __future__ import annotations
 
@@ -19,18 +21,28 @@ def load_rows(path: Path, case: str) -> list:
 
 
 def scaling(benches: dict, case: str) -> dict:
-    """``benches``: label → bench.json path, the first the baseline. Best throughput per set-up and its ratio."""
-    best = {}
-    for label, path in benches.items():
-        rows = load_rows(path, case)
-        if not rows:
-            raise SystemExit(f"{path}: no rows of case {case!r}")
-        top = max(rows, key=lambda r: r["throughput_img_s"])
-        best[label] = {"throughput_img_s": top["throughput_img_s"], "concurrency": top["concurrency"], "config": top["config"]}
-    base = next(iter(best.values()))["throughput_img_s"]
-    for entry in best.values():
-        entry["ratio_to_first"] = round(entry["throughput_img_s"] / base, 3)
-    return best
+    """``benches``: label → bench.json path, the first the baseline. Config → label → best throughput, its
+    concurrency, p50 at concurrency 1 and the ratio of the best to the baseline's best of that config."""
+    rows = {label: load_rows(path, case) for label, path in benches.items()}
+    for label, found in rows.items():
+        if not found:
+            raise SystemExit(f"{benches[label]}: no rows of case {case!r}")
+    configs = [c for c in dict.fromkeys(r["config"] for r in next(iter(rows.values())))
+               if all(any(r["config"] == c for r in found) for found in rows.values())]
+    result = {}
+    for config in configs:
+        best = {}
+        for label, found in rows.items():
+            mine = [r for r in found if r["config"] == config]
+            top = max(mine, key=lambda r: r["throughput_img_s"])
+            single = [r["p50_ms"] for r in mine if r["concurrency"] == 1]
+            best[label] = {"throughput_img_s": top["throughput_img_s"], "concurrency": top["concurrency"],
+                           "p50_ms_at_1": single[0] if single else None}
+        base = next(iter(best.values()))["throughput_img_s"]
+        for entry in best.values():
+            entry["ratio_to_first"] = round(entry["throughput_img_s"] / base, 3)
+        result[config] = best
+    return result
 
 
 def main(argv=None) -> int:
@@ -45,10 +57,10 @@ def main(argv=None) -> int:
     (args.out / "scaling.json").write_text(json.dumps({"case": args.case, "best": best}, indent=2))
     with open(args.out / "scaling.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["setup", "concurrency", "throughput_img_s", "p50_ms"])
+        writer.writerow(["setup", "config", "concurrency", "throughput_img_s", "p50_ms"])
         for label, path in benches.items():
             for r in load_rows(path, args.case):
-                writer.writerow([label, r["concurrency"], r["throughput_img_s"], r["p50_ms"]])
+                writer.writerow([label, r["config"], r["concurrency"], r["throughput_img_s"], r["p50_ms"]])
 
     import matplotlib
 
@@ -57,8 +69,10 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, path in benches.items():
-        rows = sorted(load_rows(path, args.case), key=lambda r: r["concurrency"])
-        ax.plot([r["concurrency"] for r in rows], [r["throughput_img_s"] for r in rows], marker="o", label=label)
+        for config in best:
+            rows = sorted((r for r in load_rows(path, args.case) if r["config"] == config), key=lambda r: r["concurrency"])
+            ax.plot([r["concurrency"] for r in rows], [r["throughput_img_s"] for r in rows], marker="o",
+                    label=f"{label}: {config}" if len(best) > 1 else label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency")
     ax.set_ylabel("images/s")
@@ -66,9 +80,11 @@ def main(argv=None) -> int:
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "scaling.png", dpi=120)
-    for label, entry in best.items():
-        print(f"{label}: {entry['throughput_img_s']:.1f} img/s at concurrency {entry['concurrency']} "
-              f"(×{entry['ratio_to_first']:.2f})")
+    for config, setups in best.items():
+        for label, entry in setups.items():
+            p50 = f", p50 at concurrency 1 {entry['p50_ms_at_1']:.1f} ms" if entry["p50_ms_at_1"] is not None else ""
+            print(f"{config} — {label}: {entry['throughput_img_s']:.2f} img/s at concurrency {entry['concurrency']}"
+                  f"{p50} (×{entry['ratio_to_first']:.2f})")
     return 0
 
 

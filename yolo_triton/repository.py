@@ -62,6 +62,8 @@ def _model(name: str, spec: S.ModelSpec, inputs, outputs, on_gpu: bool, placemen
         instance_group=[_instances(on_gpu, placement, cpu_count)])
     if backend == "tensorrt_plan":
         config.platform, config.default_model_filename = backend, PLAN_FILE
+        if spec.rect:  # the plan's optimisation profiles, one per shape bucket: Triton picks the one a batch fits
+            config.instance_group[0].profile.extend(str(i) for i in range(len(spec.rect_buckets())))
     else:
         config.backend = backend
     for key, value in (parameters or {}).items():
@@ -104,9 +106,10 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
     outputs = layouts.detector_outputs(spec)
     plugin_parameter = {PLUGINS_PARAMETER: PLUGIN_SEPARATOR.join(spec.plugins)} if spec.plugins else {}
     on_gpu = placement.detector_on_gpu
-    if spec.rect and (placement.runtime != "onnxruntime" or placement.prepost != "cpu"):
-        raise ValueError(f"{spec.name}: rectangular inference is served by RUNTIME=onnxruntime with pre/post on the "
-                         f"CPU only so far (not {placement.runtime}, {placement.prepost}): build it without rect")
+    if spec.rect and (placement.runtime == "torch" or placement.prepost != "cpu"):
+        raise ValueError(f"{spec.name}: rectangular inference is served by RUNTIME=onnxruntime or tensorrt with "
+                         f"pre/post on the CPU only so far (not {placement.runtime}, pre/post on the "
+                         f"{placement.prepost.upper()}): build it without rect")
     common = dict(on_gpu=on_gpu, placement=placement, preferred=True)
     inputs = [detector_input(spec, placement)]
     if placement.runtime == "onnxruntime":

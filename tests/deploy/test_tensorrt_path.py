@@ -24,7 +24,7 @@ from yolo_triton.serving import docker
 from yolo_triton.placement import PRESETS
 from yolo_triton.repository import detector_config
 
-from ..helpers import FULL, SMALL, V4, V4_TINY
+from ..helpers import FULL, RECT, SMALL, V4, V4_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
@@ -55,11 +55,11 @@ def end2end_onnx(onnx_models, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("which", ["small", "full", "yolov4", "yolov4_tiny", "end2end"])
+@pytest.mark.parametrize("which", ["small", "full", "yolov4", "yolov4_tiny", "end2end", "rect"])
 def test_plan_config_io_equals_the_onnx_io(which, onnx_models, end2end_onnx):
     from yolo_triton.models import onnx_import
 
-    base = {"small": SMALL, "full": FULL, "yolov4": V4, "yolov4_tiny": V4_TINY, "end2end": SMALL}[which]
+    base = {"small": SMALL, "full": FULL, "yolov4": V4, "yolov4_tiny": V4_TINY, "end2end": SMALL, "rect": RECT}[which]
     path = end2end_onnx if which == "end2end" else onnx_models[base.name]
     info = onnx_import.inspect_onnx(path)
     onnx_import.check_for_runtime(info, "tensorrt")
@@ -72,11 +72,23 @@ def test_plan_config_io_equals_the_onnx_io(which, onnx_models, end2end_onnx):
     assert list(config.dynamic_batching.preferred_batch_size) == list(spec.preferred_batch_sizes)
     assert spec.layout == (specs.LAYOUT_EFFICIENT_NMS if which == "end2end" else specs.LAYOUT_RAW_GRID)
     # the engine's batch profile ends where the config's max_batch_size does
-    from build import build_engines
+    from build import build_engine, build_engines
     args = build_engines.parse_args(["--runtime", "tensorrt", "--models", "yolov7"])
     builder_args = build_engines.builder_arguments(args, path, Path("model_repository/x/1/model.plan"), spec)
     batch = builder_args[builder_args.index("--batch") + 1 : builder_args.index("--batch") + 4]
     assert batch == ["1", "8", str(config.max_batch_size)]
+    # rectangular inference: one optimisation profile per shape bucket in the plan, all of them the instances'
+    if which == "rect":
+        assert spec.rect and inputs[specs.DETECTOR_INPUT][1] == (3, -1, -1)
+        shapes = builder_args[builder_args.index("--shapes") + 1 :]
+        assert shapes == ["320x320", "256x320", "320x256", "192x320", "320x192"]
+        assert list(config.instance_group[0].profile) == ["0", "1", "2", "3", "4"]
+        settings = build_engine.settings_from_args(build_engine.parse_args(["--onnx", str(path), "--engine", "x.plan",
+                                                                            *builder_args[4:]]))
+        profiles = settings.profiles([-1, 3, -1, -1])
+        assert profiles[3] == ((1, 3, 192, 320), (8, 3, 192, 320), (32, 3, 192, 320)) and len(profiles) == 5
+    else:
+        assert "--shapes" not in builder_args and not config.instance_group[0].profile
 
 
 def test_end2end_graph_feeds_nms_the_official_boxes_and_scores(end2end_onnx, onnx_models):
@@ -108,7 +120,11 @@ def test_builder_settings():
     from build import build_engine
     settings = build_engine.BuildSettings()
     assert (settings.precision, settings.min_batch, settings.opt_batch, settings.max_batch) == ("fp16", 1, 8, 32)
-    assert settings.profile([-1, 3, 640, 640]) == ((1, 3, 640, 640), (8, 3, 640, 640), (32, 3, 640, 640))
+    assert settings.profiles([-1, 3, 640, 640]) == [((1, 3, 640, 640), (8, 3, 640, 640), (32, 3, 640, 640))]
+    with pytest.raises(ValueError, match="needs the shapes to build for"):
+        settings.profiles([-1, 3, -1, -1])
+    with pytest.raises(ValueError, match="dynamic height/width only"):
+        build_engine.BuildSettings(shapes=((384, 640),)).profiles([-1, 3, 640, 640])
     with pytest.raises(ValueError, match="min <= opt <= max"):
         build_engine.BuildSettings(opt_batch=64)
     with pytest.raises(ValueError, match="precision"):

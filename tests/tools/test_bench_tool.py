@@ -32,23 +32,28 @@ def test_bench_measures_every_configuration(server, tmp_path):
 
 
 def test_scaling_compares_best_points_and_plots(tmp_path):
-    """tools/scaling.py: each set-up's best (b) over the first set-up's best, other cases ignored; CSV and PNG."""
+    """tools/scaling.py: per configuration (image size) of (b), each set-up's best over the first set-up's best,
+    other cases ignored; CSV and PNG."""
     def bench(path, points):
-        rows = [{"case": case, "config": case, "concurrency": c, "throughput_img_s": t, "p50_ms": 1.0}
-                for case, c, t in points]
+        rows = [{"case": case, "config": config, "concurrency": c, "throughput_img_s": t, "p50_ms": 10.0 * c}
+                for case, config, c, t in points]
         path.write_text(json.dumps({"rows": rows}))
         return path
 
-    one = bench(tmp_path / "one.json", [("b", 16, 300.0), ("b", 64, 400.0), ("a", 64, 900.0)])
-    two = bench(tmp_path / "two.json", [("b", 16, 500.0), ("b", 64, 780.0), ("b", 128, 760.0)])
+    one = bench(tmp_path / "one.json", [("b", "wide", 16, 300.0), ("b", "wide", 64, 400.0), ("a", "wide", 64, 900.0),
+                                        ("b", "tall", 1, 50.0)])
+    two = bench(tmp_path / "two.json", [("b", "wide", 16, 500.0), ("b", "wide", 64, 780.0), ("b", "wide", 128, 760.0),
+                                        ("b", "tall", 1, 80.0)])
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "tools.scaling", "--bench", f"1 GPU={one}", f"2 GPU={two}", "--out", str(out)],
                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     best = json.loads((out / "scaling.json").read_text())["best"]
-    assert best["1 GPU"]["throughput_img_s"] == 400.0 and best["2 GPU"]["concurrency"] == 64
-    assert best["2 GPU"]["ratio_to_first"] == 1.95
-    assert (out / "scaling.png").stat().st_size > 0 and len((out / "scaling.csv").read_text().splitlines()) == 6
+    wide, tall = best["wide"], best["tall"]
+    assert wide["1 GPU"]["throughput_img_s"] == 400.0 and wide["2 GPU"]["concurrency"] == 64
+    assert wide["2 GPU"]["ratio_to_first"] == 1.95 and tall["2 GPU"]["ratio_to_first"] == 1.6
+    assert tall["1 GPU"]["p50_ms_at_1"] == 10.0 and wide["1 GPU"]["p50_ms_at_1"] is None
+    assert (out / "scaling.png").stat().st_size > 0 and len((out / "scaling.csv").read_text().splitlines()) == 8
 
 
 def test_handover_probe_runs_on_the_host(tmp_path):

@@ -279,7 +279,8 @@ def spec_for_onnx(base_spec: specs.ModelSpec, info: OnnxInfo,
                   labels: Optional[Sequence[str]] = None) -> specs.ModelSpec:
     """``base_spec`` adapted to the ONNX file: input size, layout, ``nms_top_k``, and labels.
 
-    * the input size is the file's (the spec's when the file has dynamic height/width);
+    * the input size is the file's (the spec's when the file has dynamic height/width); a file of a fixed size
+      keeps the fixed square even where rectangular inference was asked for;
     * a raw grid's K must equal what the spec's strides and anchors give at that size;
     * if the file detects another number of classes than ``base_spec`` has labels, ``labels`` (one name per class)
       must be given; given labels must match the file's class count where the file says it;
@@ -295,7 +296,7 @@ def spec_for_onnx(base_spec: specs.ModelSpec, info: OnnxInfo,
         raise OnnxImportError(f"{where}: input is {info.input_dtype}; the preprocess sends FP32 images")
     changes: Dict[str, Any] = {"layout": info.layout}
     if info.input_size is not None:
-        changes["input_size"] = info.input_size
+        changes.update(input_size=info.input_size, rect=False)
     if info.top_k is not None:
         changes["nms_top_k"] = info.top_k
     if labels is not None:
