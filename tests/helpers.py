@@ -31,7 +31,8 @@ V4_TINY = specs.YOLOV4_TINY
 # RUNTIME=torch (our PyTorch modules as the detector, here on the CPU) with the weights of SMALL and V4_TINY
 # rectangular inference (detect.py's auto=True letterbox): the narrow YOLOv7 at a square 320 with its shape buckets
 RECT = SMALL.with_overrides(name="yolov7_rect", input_size=(320, 320), rect=True)
-TORCH_SPECS = (SMALL.with_overrides(name="yolov7_small_torch"), V4_TINY.with_overrides(name="yolov4_tiny_torch"))
+TORCH_SPECS = (SMALL.with_overrides(name="yolov7_small_torch"), V4_TINY.with_overrides(name="yolov4_tiny_torch"),
+               RECT.with_overrides(name="yolov7_rect_torch"))
 # postprocess-only models, one per detector output layout, fed synthetic detector outputs by tests/test_layouts.py
 LAYOUT_SPECS = {
     layout: specs.YOLOV7.with_overrides(name=f"layout_{layout}", layout=layout, input_size=(320, 320))

@@ -106,10 +106,11 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
     outputs = layouts.detector_outputs(spec)
     plugin_parameter = {PLUGINS_PARAMETER: PLUGIN_SEPARATOR.join(spec.plugins)} if spec.plugins else {}
     on_gpu = placement.detector_on_gpu
-    if spec.rect and (placement.runtime == "torch" or placement.prepost != "cpu"):
-        raise ValueError(f"{spec.name}: rectangular inference is served by RUNTIME=onnxruntime or tensorrt with "
-                         f"pre/post on the CPU only so far (not {placement.runtime}, pre/post on the "
-                         f"{placement.prepost.upper()}): build it without rect")
+    if spec.rect and (placement.gpu and placement.runtime == "torch" or placement.prepost != "cpu"):
+        raise ValueError(f"{spec.name}: rectangular inference is served with pre/post on the CPU and, for "
+                         f"RUNTIME=torch, on the CPU only so far (not {placement.runtime} on the "
+                         f"{'GPU' if placement.gpu else 'CPU'}, pre/post on the {placement.prepost.upper()}): build "
+                         "it without rect")
     common = dict(on_gpu=on_gpu, placement=placement, preferred=True)
     inputs = [detector_input(spec, placement)]
     if placement.runtime == "onnxruntime":

@@ -35,16 +35,18 @@ CANVAS = {"astronaut_1920x1080": (192, 320), "coffee_1280x720": (192, 320), "ast
           "chelsea_451x300": (256, 320), "astronaut_1080x1920": (320, 192)}
 
 
+@pytest.mark.parametrize("model", [RECT.ensemble_name, "yolov7_rect_torch_e2e"], ids=["onnxruntime", "torch"])
 @pytest.mark.parametrize("frame", sorted(CANVAS))
-def test_rect_boxes_are_detect_py_default(server, protocol, frames, reference_rect, frame):
+def test_rect_boxes_are_detect_py_default(server, protocol, frames, reference_rect, frame, model):
     """Where the frame's own canvas is a bucket (16:9, 4:3, 9:16), exactly detect.py's letterbox(auto=True);
-    otherwise the same fit onto the bucket that holds it."""
+    otherwise the same fit onto the bucket that holds it. Both CPU runtimes: onnxruntime on the ONNX of dynamic
+    height and width, our PyTorch module (RUNTIME=torch) on the same weights."""
     module, client = client_for(server, protocol)
     own_canvas = reference_rect.canvas_and_input(frames[frame])[0]
     forced = None if own_canvas == CANVAS[frame] else CANVAS[frame]
     expected = reference_rect.detect(frames[frame], conf=CONF, canvas_hw=forced)
     assert len(expected[1]) > 0, "the reference finds nothing: the comparison would prove nothing"
-    result = infer_images(module, client, RECT.ensemble_name, [frames[frame]], parameters={"conf_threshold": CONF})
+    result = infer_images(module, client, model, [frames[frame]], parameters={"conf_threshold": CONF})
     assert_same_detections(result, expected)
 
 

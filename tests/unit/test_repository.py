@@ -119,7 +119,7 @@ def test_cuda_pool_on_every_visible_gpu():
 
 def test_rect_configs_take_any_shape_and_runtimes_without_it_refuse():
     """Rectangular inference: the detector and the preprocess say [3, -1, -1], the postprocess [-1, 85]; the preprocess
-    carries the shape buckets; RUNTIME=torch and the GPU pre/post refuse it at build time, with the reason."""
+    carries the shape buckets; RUNTIME=torch on a GPU and the GPU pre/post refuse it at build time, with the reason."""
     from yolo_triton.repository import detector_config, postprocess_config, preprocess_config
 
     rect = specs.YOLOV7.with_overrides(rect=True)
@@ -130,7 +130,8 @@ def test_rect_configs_take_any_shape_and_runtimes_without_it_refuse():
     pre = preprocess_config(rect, cpu)
     assert list(pre.output[0].dims) == [3, -1, -1]
     assert pre.parameters["rect_buckets"].string_value == "640,640;480,640;640,480;384,640;640,384"
-    with pytest.raises(ValueError, match="rectangular inference is served by RUNTIME=onnxruntime or tensorrt"):
-        detector_config(rect, cpu.replace(runtime="torch"))
+    assert list(detector_config(rect, cpu.replace(runtime="torch")).input[0].dims) == [3, -1, -1]  # eager, on the CPU
+    with pytest.raises(ValueError, match="rectangular inference is served with pre/post on the CPU"):
+        detector_config(rect, PRESETS["gpu"])
     with pytest.raises(ValueError, match="square input_size"):
         specs.YOLOV4.with_overrides(rect=True)

@@ -64,19 +64,28 @@ class TritonPythonModel:
         try:
             images = [input_tensor(r, specs.DETECTOR_INPUT) for r in requests]
             self.times.lap()
+            # requests of one input shape run as one batch (shapes differ only with rectangular inference, on the CPU)
+            by_shape = {}
+            for index, image in enumerate(images):
+                by_shape.setdefault(tuple(image.shape[1:]), []).append(index)
+            outputs = [None] * len(images)
             with torch.inference_mode():
-                # each input onto this instance's GPU first: with several GPUs, a batch may gather tensors from several
-                outputs = self._run(torch.cat([i.to(self.device) for i in images]) if len(images) > 1 else images[0])
+                for members in by_shape.values():
+                    # each input onto this instance's GPU first: with several GPUs, a batch may gather from several
+                    group = [images[i].to(self.device) for i in members]
+                    result = self._run(torch.cat(group) if len(group) > 1 else group[0])
+                    for i, part in zip(members, request_slices(group)):
+                        outputs[i] = result[part]
             self.times.gpu_done()
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
             self.times.lap()
         except Exception as error:  # a failure fails this batch's requests, not the server
             return [error_response(f"detector failed: {error}", pb_utils.TritonError.INTERNAL) for _ in requests]
-        responses = [pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, outputs[part])])
-                     for part in request_slices(images)]
+        responses = [pb_utils.InferenceResponse(output_tensors=[output_tensor(specs.DETECTOR_OUTPUT, output)])
+                     for output in outputs]
         self.times.lap()
-        self.times.end(len(outputs))
+        self.times.end(sum(len(output) for output in outputs))
         return responses
 
     def finalize(self):
