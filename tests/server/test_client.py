@@ -56,6 +56,27 @@ def test_cli_json_several_files_match_reference(server, protocol, photo_dir, ref
     assert some > 0, "the reference finds nothing: the comparison would prove nothing"
 
 
+def test_cli_and_api_detect_py_options_match_reference(server, photo_dir, reference_small):
+    """--classes / --agnostic-nms / --multi-label (and the API's keywords): the official NMS's options."""
+    files = photo_files(photo_dir)
+    plain = [reference_small.detect(f.read_bytes(), conf=CONF) for f in files]
+    counts = np.bincount(np.concatenate([p[2] for p in plain]))
+    kept = sorted(int(c) for c in np.argsort(-counts, kind="stable")[:3])  # the three most frequent classes
+    run = run_cli("image", *files, "-m", MODEL, "-u", server.grpc_url, "--json", "--conf", CONF,
+                  "--classes", *kept, "--agnostic-nms", "--multi-label")
+    assert run.returncode == 0, run.stderr
+    found = 0
+    for record, path in zip(json_records(run.stdout), files):
+        expected = reference_small.detect(path.read_bytes(), conf=CONF, classes=kept, agnostic=True, multi_label=True)
+        assert_matches(record["detections"], expected)
+        found += len(expected[1])
+    assert found > 0
+    with Detector(server.grpc_url, MODEL) as detector:
+        data = files[0].read_bytes()
+        assert_matches(detector.detect(data, conf=CONF, classes=kept[:1]),
+                       reference_small.detect(data, conf=CONF, classes=kept[:1]))
+
+
 def test_cli_text_output(server, photo_dir, reference_small):
     path = photo_dir / "motorcycle_portrait.jpg"
     run = run_cli("image", path, "-m", MODEL, "-u", server.grpc_url, "--conf", CONF, "--max-det", 5)
