@@ -372,6 +372,10 @@ def main(argv=None) -> int:
     write_repository(args.repository, model_specs, placement, onnx_files, torch_files)
     if placement.runtime == "torch" and placement.gpu and placement.torch_compile != "off" and not args.configs_only:
         for spec in model_specs:
+            if spec.rect:
+                print(f"{spec.name}: rectangular inference runs the network uncompiled, in CUDA graphs per shape "
+                      "bucket: nothing to compile ahead of time")
+                continue
             compile_ahead_of_time(args, placement, spec, torch_files[spec.name])
     print(f"repository {args.repository}: {', '.join(s.ensemble_name for s in model_specs)} (RUNTIME={placement.runtime}, "
           f"pre/post on the {placement.prepost.upper()})")

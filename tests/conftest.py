@@ -96,6 +96,21 @@ def server(repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rect_frames():
+    """Real photos cut to the shapes cameras send: 16:9 video frames (JPEG), a 4:3 photo, a 3:2 one (its own canvas,
+    224×320, is no bucket: the server pads it to 256×320) and a portrait 9:16 (tests/helpers.py ``RECT_CANVAS``)."""
+    astronaut = cv2.resize(cv2.imread(str(PHOTO_DIR / "astronaut.png")), (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    coffee = cv2.imread(str(PHOTO_DIR / "coffee.png"))
+    return {
+        "astronaut_1920x1080": _encode(cv2.resize(astronaut[400:1552], (1920, 1080), interpolation=cv2.INTER_AREA)),
+        "coffee_1280x720": _encode(cv2.resize(coffee[31:369], (1280, 720), interpolation=cv2.INTER_CUBIC)),
+        "astronaut_640x480": _encode(cv2.resize(astronaut[256:1792], (640, 480), interpolation=cv2.INTER_AREA)),
+        "chelsea_451x300": (PHOTO_DIR / "chelsea.png").read_bytes(),
+        "astronaut_1080x1920": _encode(cv2.resize(astronaut[:, 400:1552], (1080, 1920), interpolation=cv2.INTER_AREA)),
+    }
+
+
+@pytest.fixture(scope="session")
 def reference_small(onnx_models):
     return Reference(onnx_models[SMALL.name], SMALL.input_size)
 

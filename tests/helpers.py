@@ -31,6 +31,9 @@ V4_TINY = specs.YOLOV4_TINY
 # RUNTIME=torch (our PyTorch modules as the detector, here on the CPU) with the weights of SMALL and V4_TINY
 # rectangular inference (detect.py's auto=True letterbox): the narrow YOLOv7 at a square 320 with its shape buckets
 RECT = SMALL.with_overrides(name="yolov7_rect", input_size=(320, 320), rect=True)
+# the canvas (h, w) each of conftest's rect_frames takes at 320
+RECT_CANVAS = {"astronaut_1920x1080": (192, 320), "coffee_1280x720": (192, 320), "astronaut_640x480": (256, 320),
+               "chelsea_451x300": (256, 320), "astronaut_1080x1920": (320, 192)}
 TORCH_SPECS = (SMALL.with_overrides(name="yolov7_small_torch"), V4_TINY.with_overrides(name="yolov4_tiny_torch"),
                RECT.with_overrides(name="yolov7_rect_torch"))
 # postprocess-only models, one per detector output layout, fed synthetic detector outputs by tests/test_layouts.py

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|agreement|all|multigpu|instances|steps|handover] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
 # time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds, tools/bench.py
 # (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos;
 # agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime FP32, CPU
-# pre/post) served by a second tritonserver on ports 9000-9002, same weights; multigpu: the ensemble (case b) on GPU 0 alone, then on
+# pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080 and
+# 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py); multigpu: the ensemble (case b) on GPU 0 alone, then on
 # every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
@@ -73,7 +74,7 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == agreement ]]; then
   python3 -m build.build_engines --device gpu --models yolov7 --repository /tmp/agree_gpu --artifacts /tmp/bench_artifacts \
-    > /tmp/build_agree_gpu.log 2>&1 || { tail -20 /tmp/build_agree_gpu.log; exit 1; }
+    ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} > /tmp/build_agree_gpu.log 2>&1 || { tail -20 /tmp/build_agree_gpu.log; exit 1; }
   python3 -m build.build_engines --device cpu --models yolov7 --repository /tmp/agree_cpu --artifacts /tmp/bench_artifacts \
     > /tmp/build_agree_cpu.log 2>&1 || { tail -20 /tmp/build_agree_cpu.log; exit 1; }
   grep -v "^\s*$" /tmp/build_agree_gpu.log | tail -25 > "$OUT/build_gpu.log"
@@ -87,6 +88,26 @@ if [[ $what == agreement ]]; then
     cp /tmp/agree_$labels/metrics.json "$OUT/agreement_$labels.json" 2>/dev/null
   done | tee "$OUT/agreement.log"
   stop_server "$OUT/server_gpu.log"
+fi
+if [[ $what == rect ]]; then
+  # the GPU preset's YOLOv7-640 on the fixed square, then with rectangular inference: case (b) with 16:9 frames
+  benches=()
+  for mode in square rect; do
+    repo=/tmp/rect_repository_$mode
+    python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+      $([[ $mode == rect ]] && echo --rect) ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} > /tmp/build_$mode.log 2>&1 \
+      || { tail -20 /tmp/build_$mode.log; exit 1; }
+    started=$(date +%s)
+    start_server $repo "$OUT/server_$mode.log" || exit 1
+    echo "== $mode: server ready in $(( $(date +%s) - started )) s" | tee -a "$OUT/rect.log"
+    python -m tools.bench -u localhost:8001 -m yolov7 --repository $repo --out /tmp/rect_$mode --skip a c d e \
+      --sizes 1920x1080 1280x720 "$@" > /tmp/rect_$mode.log 2>&1
+    grep -v "it/s\]" /tmp/rect_$mode.log | tail -12 | tee -a "$OUT/rect.log"
+    stop_server "$OUT/server_$mode.log"
+    cp /tmp/rect_$mode/bench.json "$OUT/bench_$mode.json"
+    benches+=("$mode=/tmp/rect_$mode/bench.json")
+  done
+  python -m tools.scaling --bench "${benches[@]}" --case b --out "$OUT" | tee -a "$OUT/rect.log"
 fi
 if [[ $what == multigpu ]]; then
   repo=/tmp/mg_repository

@@ -106,11 +106,6 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
     outputs = layouts.detector_outputs(spec)
     plugin_parameter = {PLUGINS_PARAMETER: PLUGIN_SEPARATOR.join(spec.plugins)} if spec.plugins else {}
     on_gpu = placement.detector_on_gpu
-    if spec.rect and (placement.gpu and placement.runtime == "torch" or placement.prepost != "cpu"):
-        raise ValueError(f"{spec.name}: rectangular inference is served with pre/post on the CPU and, for "
-                         f"RUNTIME=torch, on the CPU only so far (not {placement.runtime} on the "
-                         f"{'GPU' if placement.gpu else 'CPU'}, pre/post on the {placement.prepost.upper()}): build "
-                         "it without rect")
     common = dict(on_gpu=on_gpu, placement=placement, preferred=True)
     inputs = [detector_input(spec, placement)]
     if placement.runtime == "onnxruntime":
@@ -122,7 +117,10 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
             spec = spec.with_overrides(preferred_batch_sizes=tuple(batch_buckets(spec.max_batch_size)))
         return _model(spec.name, spec, inputs, outputs, **common,
                       parameters={"torch_file": TORCH_FILE, "aot_file": AOT_FILE, "half": str(placement.half).lower(),
-                                  "cuda_graphs": "true", "torch_compile": placement.torch_compile, **GPU_INPUTS})
+                                  "cuda_graphs": "true", **GPU_INPUTS,
+                                  # rectangular inference: CUDA graphs per shape of the network as is (compiling
+                                  # every shape × batch bucket at load multiplies its minutes by the shapes)
+                                  "torch_compile": "off" if spec.rect else placement.torch_compile})
     # TensorRT: max_batch_size is the engine profile's max (build_engines builds the plan with the spec's)
     return _model(spec.name, spec, inputs, outputs, **common, parameters=plugin_parameter,
                   backend="tensorrt_plan")

@@ -27,7 +27,7 @@ from yolo_triton.placement import PRESETS
 from yolo_triton.repository import write_repository
 from yolo_triton.serving.triton import TritonServer
 
-from ..helpers import SMALL, client_for, infer_images
+from ..helpers import RECT, RECT_CANVAS, SMALL, client_for, infer_images
 from ..reference import iou_one_to_many
 
 CUDA = torch.device("cuda")
@@ -71,6 +71,46 @@ def test_bad_images_fail_alone(photos):
     _, _, errors = gpu_pre.preprocess_batch(items, SMALL.input_size, CUDA)
     assert errors[0] is None and errors[3] is None
     assert "empty input" in str(errors[1]) and "cannot decode" in str(errors[2])
+
+
+def test_gpu_rect_preprocess_is_close_to_the_cpu_one(rect_frames):
+    """Rectangular inference on the GPU: each request on the smallest shape bucket that holds its images, with the
+    square's gain (as the CPU preprocess: ``fit_image(..., scale_hw)``); requests of one canvas share a batch; a bad
+    image fails its own request only."""
+    names = sorted(RECT_CANVAS)
+    bad = b"\xff\xd8\xff\xe0 not really a jpeg" * 10
+    requests = [[rect_frames[n]] for n in names] + [
+        [rect_frames["astronaut_1920x1080"], rect_frames["astronaut_640x480"]],  # both on 256×320
+        [rect_frames["coffee_1280x720"], bad]]
+    results = gpu_pre.preprocess_requests(requests, RECT.input_size, CUDA, rect_buckets=RECT.rect_buckets(), stride=32)
+    for name, (images, metas) in zip(names, results):
+        assert tuple(images.shape) == (1, 3, *RECT_CANVAS[name]) and images.device.type == "cuda", name
+        cpu, meta = pre.fit_image(decode.decode_image(rect_frames[name]), RECT_CANVAS[name], 114, "letterbox",
+                                  RECT.input_size)
+        np.testing.assert_allclose(metas[0], meta.to_array(), rtol=1e-6)
+        diff = np.abs(images[0].cpu().numpy() - cpu) * 255
+        assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (name, diff.mean(), np.percentile(diff, 99))
+    images, metas = results[len(names)]
+    assert tuple(images.shape) == (2, 3, 256, 320)
+    index, error = results[-1]
+    assert index == 1 and "cannot decode" in str(error)
+
+
+def test_graph_runner_per_shape_equals_the_network(onnx_models):
+    """RUNTIME=torch with rectangular inference: CUDA graphs per shape bucket and batch bucket replay the network
+    on each shape (FP32: the same kernels as the eager call); a shape not captured is refused by name."""
+    model, spec = load_torch_artifact(onnx_models[RECT.name].with_suffix(".pt"))
+    assert spec.rect
+    model = gpu_det.prepare_for_gpu(model, CUDA, torch.float32)
+    shapes = [(3, *hw) for hw in spec.rect_buckets()]
+    runner = gpu_det.GraphRunner(model, shapes, 4, CUDA, torch.float32, buckets=[1, 4])
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.rand((3, *shape), device=CUDA).contiguous(memory_format=torch.channels_last)
+            ours, eager = runner(x).cpu().numpy(), model(x).float().cpu().numpy()
+            assert ours.shape == eager.shape and relative_error(ours, eager) < 1e-5, (shape, relative_error(ours, eager))
+        with pytest.raises(ValueError, match="no CUDA graph for input 3×224×320"):
+            runner(torch.rand((1, 3, 224, 320), device=CUDA))
 
 
 @pytest.mark.parametrize("mixed,small_limits,options", [(False, False, False), (True, False, False), (True, True, False),
@@ -140,8 +180,8 @@ def gpu_server(onnx_models, tmp_path_factory):
     repository = tmp_path_factory.mktemp("gpu_repository")
     # FP32 here: this test checks the GPU decode, letterbox, NMS and hand-over; FP16's effect on a random-weight
     # network is measured on its own (test_fp16_cuda_graph_detector_close_to_onnxruntime)
-    write_repository(repository, [SMALL], PRESETS["gpu"].replace(cpu_twin=True, half=False, gpu_instances=1),
-                     torch_files={SMALL.name: onnx_models[SMALL.name].with_suffix(".pt")})
+    write_repository(repository, [SMALL, RECT], PRESETS["gpu"].replace(cpu_twin=True, half=False, gpu_instances=1),
+                     torch_files={spec.name: onnx_models[spec.name].with_suffix(".pt") for spec in (SMALL, RECT)})
     # the detector compiled ahead of time, as `make build-engines DEVICE=gpu` does (FP32: half=False)
     from build import compile_detector
 
@@ -238,6 +278,36 @@ def test_gpu_ensemble_matches_the_reference(gpu_server, photos, reference_small,
     # Measured on the H100: 0.93 on average for both ensembles, i.e. the GPU pre/post adds nothing to what the
     # detector's own arithmetic (cuDNN FP32 vs onnxruntime's CPU kernels) does to this random-weight network at
     # conf 0.05, where many near-equal scores make NMS pick among near-duplicates.
+    assert np.mean(shares) >= 0.85, shares
+
+
+@pytest.mark.parametrize("ensemble", [RECT.ensemble_name, RECT.ensemble_name + "_cpu"])
+def test_gpu_rect_ensemble_is_detect_py_default(gpu_server, onnx_models, rect_frames, reference_rect, ensemble):
+    """Rectangular inference through the GPU ensemble (GPU pre/post; and the CPU twin, CPU pre/post around the
+    same GPU detector in CUDA graphs per shape) against detect.py's default path: onnxruntime FP32 on the canvas
+    the GPU preprocess made (GPU pre/post) or on detect.py's own letterbox (CPU twin), the test's own NMS."""
+    import onnxruntime as ort
+
+    from ..reference import ref_detect
+
+    session = ort.InferenceSession(str(onnx_models[RECT.name]), providers=["CPUExecutionProvider"])
+    module, client = client_for(gpu_server, "grpc")
+    shares = []
+    for name, canvas in sorted(RECT_CANVAS.items()):
+        if ensemble.endswith("_cpu"):
+            own = reference_rect.canvas_and_input(rect_frames[name])[0]
+            expected = reference_rect.detect(rect_frames[name], conf=0.05, canvas_hw=None if own == canvas else canvas)
+        else:
+            (images, metas), = gpu_pre.preprocess_requests([[rect_frames[name]]], RECT.input_size, CUDA,
+                                                           rect_buckets=RECT.rect_buckets(), stride=32)
+            assert tuple(images.shape[2:]) == canvas
+            prediction = session.run(None, {"images": images.cpu().numpy()})[0][0]
+            expected = ref_detect(prediction, (int(metas[0][0]), int(metas[0][1])), canvas, conf=0.05)
+        result = infer_images(module, client, ensemble, [rect_frames[name]], parameters={"conf_threshold": 0.05})
+        n, (ref_boxes, ref_scores, ref_classes) = int(result["num_detections"][0, 0]), expected
+        assert len(ref_scores) > 0 and abs(n - len(ref_scores)) <= max(3, 0.1 * len(ref_scores)), (name, n, len(ref_scores))
+        shares.append(matched_share(result["boxes"][0, :n], result["classes"][0, :n], ref_boxes, ref_classes))
+    print(f"{ensemble}: share of reference boxes matched (same class, IoU >= 0.9): {np.round(shares, 3)}")
     assert np.mean(shares) >= 0.85, shares
 
 

@@ -5,48 +5,26 @@ from __future__ import annotations
 
 import concurrent.futures
 
-import cv2
 import numpy as np
 import pytest
 
-from ..conftest import PHOTO_DIR, _encode
-from ..helpers import RECT, assert_same_detections, client_for, infer_images
+from ..helpers import RECT, RECT_CANVAS as CANVAS, assert_same_detections, client_for, infer_images
 
 CONF = 0.02
 
 
-@pytest.fixture(scope="module")
-def frames():
-    """Real photos cut to the shapes cameras send: 16:9 video frames, a 4:3 photo, a 3:2 one (its own canvas,
-    224×320, is no bucket: the server pads it to 256×320) and a portrait 9:16."""
-    astronaut = cv2.resize(cv2.imread(str(PHOTO_DIR / "astronaut.png")), (2048, 2048), interpolation=cv2.INTER_CUBIC)
-    coffee = cv2.imread(str(PHOTO_DIR / "coffee.png"))
-    return {
-        "astronaut_1920x1080": _encode(cv2.resize(astronaut[400:1552], (1920, 1080), interpolation=cv2.INTER_AREA)),
-        "coffee_1280x720": _encode(cv2.resize(coffee[31:369], (1280, 720), interpolation=cv2.INTER_CUBIC)),
-        "astronaut_640x480": _encode(cv2.resize(astronaut[256:1792], (640, 480), interpolation=cv2.INTER_AREA)),
-        "chelsea_451x300": (PHOTO_DIR / "chelsea.png").read_bytes(),
-        "astronaut_1080x1920": _encode(cv2.resize(astronaut[:, 400:1552], (1080, 1920), interpolation=cv2.INTER_AREA)),
-    }
-
-
-# the canvas each frame's detector input takes at 320: (h, w)
-CANVAS = {"astronaut_1920x1080": (192, 320), "coffee_1280x720": (192, 320), "astronaut_640x480": (256, 320),
-          "chelsea_451x300": (256, 320), "astronaut_1080x1920": (320, 192)}
-
-
 @pytest.mark.parametrize("model", [RECT.ensemble_name, "yolov7_rect_torch_e2e"], ids=["onnxruntime", "torch"])
 @pytest.mark.parametrize("frame", sorted(CANVAS))
-def test_rect_boxes_are_detect_py_default(server, protocol, frames, reference_rect, frame, model):
+def test_rect_boxes_are_detect_py_default(server, protocol, rect_frames, reference_rect, frame, model):
     """Where the frame's own canvas is a bucket (16:9, 4:3, 9:16), exactly detect.py's letterbox(auto=True);
     otherwise the same fit onto the bucket that holds it. Both CPU runtimes: onnxruntime on the ONNX of dynamic
     height and width, our PyTorch module (RUNTIME=torch) on the same weights."""
     module, client = client_for(server, protocol)
-    own_canvas = reference_rect.canvas_and_input(frames[frame])[0]
+    own_canvas = reference_rect.canvas_and_input(rect_frames[frame])[0]
     forced = None if own_canvas == CANVAS[frame] else CANVAS[frame]
-    expected = reference_rect.detect(frames[frame], conf=CONF, canvas_hw=forced)
+    expected = reference_rect.detect(rect_frames[frame], conf=CONF, canvas_hw=forced)
     assert len(expected[1]) > 0, "the reference finds nothing: the comparison would prove nothing"
-    result = infer_images(module, client, model, [frames[frame]], parameters={"conf_threshold": CONF})
+    result = infer_images(module, client, model, [rect_frames[frame]], parameters={"conf_threshold": CONF})
     assert_same_detections(result, expected)
 
 
@@ -59,24 +37,24 @@ def test_rect_frame_costs_fewer_pixels_than_the_square():
     assert canvas == (384, 640) and 1 - canvas[0] * canvas[1] / 640 ** 2 == pytest.approx(0.4)
 
 
-def test_one_request_of_different_shapes_shares_the_bucket_that_holds_them(server, frames, reference_rect):
+def test_one_request_of_different_shapes_shares_the_bucket_that_holds_them(server, rect_frames, reference_rect):
     """A 16:9 frame and a 4:3 photo in one request: both on 256×320 (the 16:9 frame padded beyond its own canvas)."""
     module, client = client_for(server, "grpc")
     names = ["astronaut_1920x1080", "astronaut_640x480"]
-    result = infer_images(module, client, RECT.ensemble_name, [frames[n] for n in names],
+    result = infer_images(module, client, RECT.ensemble_name, [rect_frames[n] for n in names],
                           parameters={"conf_threshold": CONF})
     for index, name in enumerate(names):
-        assert_same_detections(result, reference_rect.detect(frames[name], conf=CONF, canvas_hw=(256, 320)), index=index)
+        assert_same_detections(result, reference_rect.detect(rect_frames[name], conf=CONF, canvas_hw=(256, 320)), index=index)
 
 
-def test_concurrent_requests_of_different_shapes_each_get_their_answer(server, frames, reference_rect):
+def test_concurrent_requests_of_different_shapes_each_get_their_answer(server, rect_frames, reference_rect):
     """48 requests of three shapes in flight: the detector runs each shape as its own batch; none swaps or drops."""
     names = ["astronaut_1920x1080", "astronaut_640x480", "astronaut_1080x1920"] * 16
-    expected = {name: reference_rect.detect(frames[name], conf=CONF) for name in set(names)}
+    expected = {name: reference_rect.detect(rect_frames[name], conf=CONF) for name in set(names)}
 
     def call(name):
         module, client = client_for(server, "grpc")
-        return name, infer_images(module, client, RECT.ensemble_name, [frames[name]], parameters={"conf_threshold": CONF})
+        return name, infer_images(module, client, RECT.ensemble_name, [rect_frames[name]], parameters={"conf_threshold": CONF})
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         for name, result in pool.map(call, names):

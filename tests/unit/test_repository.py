@@ -117,9 +117,10 @@ def test_cuda_pool_on_every_visible_gpu():
     assert cuda_pool_flags(256, gpu_count=0) == []
 
 
-def test_rect_configs_take_any_shape_and_runtimes_without_it_refuse():
+def test_rect_configs_take_any_shape_and_families_without_it_refuse():
     """Rectangular inference: the detector and the preprocess say [3, -1, -1], the postprocess [-1, 85]; the preprocess
-    carries the shape buckets; RUNTIME=torch on a GPU and the GPU pre/post refuse it at build time, with the reason."""
+    carries the shape buckets (on the CPU and the GPU); the GPU preset's detector runs uncompiled (CUDA graphs per
+    shape), the square one compiled; a darknet fit refuses it, with the reason."""
     from yolo_triton.repository import detector_config, postprocess_config, preprocess_config
 
     rect = specs.YOLOV7.with_overrides(rect=True)
@@ -131,7 +132,10 @@ def test_rect_configs_take_any_shape_and_runtimes_without_it_refuse():
     assert list(pre.output[0].dims) == [3, -1, -1]
     assert pre.parameters["rect_buckets"].string_value == "640,640;480,640;640,480;384,640;640,384"
     assert list(detector_config(rect, cpu.replace(runtime="torch")).input[0].dims) == [3, -1, -1]  # eager, on the CPU
-    with pytest.raises(ValueError, match="rectangular inference is served with pre/post on the CPU"):
-        detector_config(rect, PRESETS["gpu"])
+    gpu = PRESETS["gpu"]
+    assert list(detector_config(rect, gpu).input[0].dims) == [3, -1, -1]
+    assert detector_config(rect, gpu).parameters["torch_compile"].string_value == "off"
+    assert detector_config(specs.YOLOV7, gpu).parameters["torch_compile"].string_value == gpu.torch_compile != "off"
+    assert preprocess_config(rect, gpu).parameters["rect_buckets"].string_value == pre.parameters["rect_buckets"].string_value
     with pytest.raises(ValueError, match="square input_size"):
         specs.YOLOV4.with_overrides(rect=True)

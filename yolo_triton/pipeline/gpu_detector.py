@@ -5,7 +5,7 @@ Where the time goes and what each step gained, measured: docs/gpu.md.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -13,39 +13,47 @@ from ..placement import batch_buckets
 
 
 class GraphRunner:
-    """CUDA graphs of ``model`` per batch bucket (1, 2, 4, … up to ``max_batch``, or the ``buckets`` given) over
-    static input/output buffers."""
+    """CUDA graphs of ``model`` per input shape and batch bucket (1, 2, 4, … up to ``max_batch``, or the
+    ``buckets`` given) over static input/output buffers. ``input_chw``: the input's C×H×W, or a list of them
+    (rectangular inference: one set of graphs per shape bucket)."""
 
     def __init__(self, model, input_chw, max_batch: int, device, dtype, buckets: Optional[Sequence[int]] = None,
                  capture_error_mode: str = "global"):
         self.model, self.device, self.dtype = model, device, dtype
+        self.shapes = [tuple(input_chw)] if isinstance(input_chw[0], int) else [tuple(s) for s in input_chw]
         self.buckets = sorted(set(buckets)) if buckets else batch_buckets(max_batch)
-        self.inputs: Dict[int, torch.Tensor] = {}
-        self.outputs: Dict[int, torch.Tensor] = {}
-        self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
+        self.inputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
+        self.outputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
+        self.graphs: Dict[Tuple[tuple, int], torch.cuda.CUDAGraph] = {}
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         # no_grad, not inference_mode: the static buffers are refilled later, also outside inference mode
         with torch.cuda.stream(stream), torch.no_grad():
-            for size in self.buckets:
-                static = torch.rand((size, *input_chw), device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-                for _ in range(3):  # warm-up: cuDNN picks its kernels before the capture
-                    model(static)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
-                    out = model(static)
-                self.inputs[size], self.outputs[size], self.graphs[size] = static, out, graph
+            for shape in self.shapes:
+                for size in self.buckets:
+                    static = torch.rand((size, *shape), device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                    for _ in range(3):  # warm-up: cuDNN picks its kernels before the capture
+                        model(static)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
+                        out = model(static)
+                    key = (shape, size)
+                    self.inputs[key], self.outputs[key], self.graphs[key] = static, out, graph
         torch.cuda.current_stream(device).wait_stream(stream)
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        shape = tuple(batch.shape[1:])
+        if shape not in self.shapes:
+            raise ValueError(f"no CUDA graph for input {'×'.join(map(str, shape))}; captured: "
+                             f"{', '.join('×'.join(map(str, s)) for s in self.shapes)}")
         results, start = [], 0
         while start < len(batch):
             chunk = batch[start : start + self.buckets[-1]]
-            size = next(b for b in self.buckets if b >= len(chunk))
-            self.inputs[size][: len(chunk)].copy_(chunk)  # rows past len(chunk) keep old data; their output is dropped
-            self.graphs[size].replay()
-            results.append(self.outputs[size][: len(chunk)].to(torch.float32, copy=True))  # the next replay reuses the buffer
+            key = (shape, next(b for b in self.buckets if b >= len(chunk)))
+            self.inputs[key][: len(chunk)].copy_(chunk)  # rows past len(chunk) keep old data; their output is dropped
+            self.graphs[key].replay()
+            results.append(self.outputs[key][: len(chunk)].to(torch.float32, copy=True))  # the next replay reuses the buffer
             start += len(chunk)
         return results[0] if len(results) == 1 else torch.cat(results)
 
@@ -175,10 +183,17 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
     """What the server runs for the prepared detector, and `make bench` (e) measures: CUDA graphs per batch bucket
     over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"); else over the
     network as is. Each step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
-    → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off")."""
+    → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off").
+
+    ``input_chw`` a list of shapes (rectangular inference): CUDA graphs of the network as is, per shape and batch
+    bucket — compiling each of them would multiply the minutes of compiling by the number of shapes."""
     import time
 
     started = time.perf_counter()
+    if mode != "off" and not isinstance(input_chw[0], int):
+        log(f"rectangular inference ({len(input_chw)} input shapes): CUDA graphs of the uncompiled network, not "
+            f"torch.compile {mode}", True)
+        mode = "off"
     if mode != "off":
         compiled, why_not = load_ahead(aot_path, device, dtype, input_chw, max_batch) if aot_path else (None, "")
         if compiled is not None:

@@ -5,7 +5,8 @@
   same header check and limits first (``decode.check_encoded``); EXIF orientation is applied as OpenCV does.
 - letterbox: the geometry of ``boxes.Letterbox``; bilinear resize (half-pixel centres, no antialias, as
   ``cv2.INTER_LINEAR``), rounded to 8-bit levels as OpenCV's uint8 output is, padded with 114, RGB, 0..1 —
-  straight into one batch tensor.
+  straight into one batch tensor per canvas shape (one shape, the square, unless rectangular inference gives each
+  request the bucket that holds its images: ``boxes.rect_canvas``, as the CPU preprocess).
 
 Not bit-identical to the CPU path: nvJPEG's IDCT and OpenCV's fixed-point resize differ from libjpeg's and from
 float bilinear by a level here and there, so boxes agree to a tolerance (tests/gpu/test_gpu.py).
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..boxes import META_SIZE, Letterbox, LetterboxMeta
+from ..boxes import META_SIZE, Letterbox, LetterboxMeta, rect_canvas
 from .decode import DecodeLimits, Header, ImageDecodeError, check_encoded, decode_image
 
 
@@ -76,11 +77,12 @@ def decode_images(items: Sequence[bytes], device: Union[str, torch.device], limi
     return out
 
 
-def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: float = 114,
-                   fit: str = "letterbox") -> LetterboxMeta:
-    """Fit a RGB uint8 3×h×w image into ``canvas`` (3×H×W float, written in full) as 0..1 values."""
+def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: float = 114, fit: str = "letterbox",
+                   scale_hw: Optional[Tuple[int, int]] = None) -> LetterboxMeta:
+    """Fit a RGB uint8 3×h×w image into ``canvas`` (3×H×W float, written in full) as 0..1 values. ``scale_hw``:
+    ``Letterbox``'s (a rectangular canvas with the square's gain)."""
     _, h0, w0 = image.shape
-    geometry = Letterbox((h0, w0), tuple(canvas.shape[-2:]), fit)
+    geometry = Letterbox((h0, w0), tuple(canvas.shape[-2:]), fit, scale_hw)
     new_h, new_w = geometry.resized_hw
     top, _, left, _ = geometry.padding
     canvas.fill_(pad_value / 255.0)
@@ -94,20 +96,61 @@ def letterbox_into(image: torch.Tensor, canvas: torch.Tensor, pad_value: float =
     return geometry.meta
 
 
+def letterbox_batch(images: Sequence[Union[torch.Tensor, Exception]], canvas_hw: Tuple[int, int], device,
+                    pad_value: float = 114, dtype: torch.dtype = torch.float32, fit: str = "letterbox",
+                    scale_hw: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """Decoded images → (N×3×H×W tensor on ``device``, metas [N, META_SIZE] float32 numpy); the row of an error
+    is left unwritten."""
+    batch = torch.empty((len(images), 3, *canvas_hw), dtype=dtype, device=device)
+    metas = np.zeros((len(images), META_SIZE), np.float32)
+    for index, image in enumerate(images):
+        if not isinstance(image, Exception):
+            metas[index] = letterbox_into(image, batch[index], pad_value, fit, scale_hw).to_array()
+    return batch, metas
+
+
 def preprocess_batch(items: Sequence[bytes], target_hw: Tuple[int, int], device, pad_value: float = 114,
                      limits: DecodeLimits = DecodeLimits(), dtype: torch.dtype = torch.float32, fit: str = "letterbox"):
     """Encoded images → (N×3×H×W tensor on ``device``, metas [N, META_SIZE] float32 numpy, per-image error or
     None)."""
     decoded = decode_images(items, device, limits)
-    batch = torch.empty((len(items), 3, *target_hw), dtype=dtype, device=device)
-    metas = np.zeros((len(items), META_SIZE), np.float32)
-    errors: List[Optional[Exception]] = [None] * len(items)
-    for index, image in enumerate(decoded):
-        if isinstance(image, Exception):
-            errors[index] = image
+    batch, metas = letterbox_batch(decoded, target_hw, device, pad_value, dtype, fit)
+    return batch, metas, [image if isinstance(image, Exception) else None for image in decoded]
+
+
+def preprocess_requests(requests: Sequence[Sequence[bytes]], target_hw: Tuple[int, int], device,
+                        pad_value: float = 114, limits: DecodeLimits = DecodeLimits(),
+                        dtype: torch.dtype = torch.float32, fit: str = "letterbox",
+                        rect_buckets: Optional[Sequence[Tuple[int, int]]] = None, stride: int = 32) -> list:
+    """The encoded images of each request → per request (N×3×H×W tensor, metas [N, META_SIZE]), or (index, error)
+    of its first image that fails. All images are decoded in one go; a tensor is a view of one batch per canvas.
+
+    ``rect_buckets``: rectangular inference — a request's images go onto the smallest bucket that holds each of
+    their ``detect.py`` canvases, with the ``target_hw`` square's gain; None: every image on the square."""
+    sizes = [len(items) for items in requests]
+    decoded = decode_images([data for items in requests for data in items], device, limits)
+    starts = np.cumsum([0] + sizes).tolist()
+    results: list = [None] * len(requests)
+    by_canvas = {}
+    for r, (start, stop) in enumerate(zip(starts, starts[1:])):
+        failed = [(i, image) for i, image in enumerate(decoded[start:stop]) if isinstance(image, Exception)]
+        if failed:
+            results[r] = failed[0]
             continue
-        metas[index] = letterbox_into(image, batch[index], pad_value, fit).to_array()
-    return batch, metas, errors
+        canvas = tuple(target_hw)
+        if rect_buckets:
+            canvas = rect_canvas([tuple(image.shape[1:]) for image in decoded[start:stop]], rect_buckets, target_hw,
+                                 stride)
+        by_canvas.setdefault(canvas, []).append(r)
+    for canvas, members in by_canvas.items():
+        images = [image for r in members for image in decoded[starts[r] : starts[r + 1]]]
+        batch, metas = letterbox_batch(images, canvas, device, pad_value, dtype, fit,
+                                       tuple(target_hw) if rect_buckets else None)
+        offset = 0
+        for r in members:
+            results[r] = batch[offset : offset + sizes[r]], metas[offset : offset + sizes[r]]
+            offset += sizes[r]
+    return results
 
 
 def warm_up_preprocess(target_hw: Tuple[int, int], device: torch.device, pad_value: float = 114,

@@ -43,24 +43,32 @@ class TritonPythonModel(cpu.TritonPythonModel):
             good.append(index)
             predictions.append(prediction)
             metas.append(meta)
-            params += [request_params] * len(prediction)
+            params.append([request_params] * len(prediction))
         self.times.lap()
-        results = None
-        if good:
+        # requests of one detector shape in one go (shapes differ only with rectangular inference)
+        by_rows = {}
+        for j, prediction in enumerate(predictions):
+            by_rows.setdefault(prediction.shape[1], []).append(j)
+        answers = {}
+        for members in by_rows.values():
+            group = [predictions[j] for j in members]
             try:
                 with torch.inference_mode():
-                    results = postprocess_batch(torch.cat(predictions), np.concatenate(metas), params)
+                    results = postprocess_batch(torch.cat(group), np.concatenate([metas[j] for j in members]),
+                                                [p for j in members for p in params[j]])
             except RuntimeError:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
                 torch.cuda.empty_cache()
+                continue
+            answers.update((j, results[part]) for j, part in zip(members, request_slices(group)))
         self.times.gpu_done()
         self.times.lap()
-        for index, prediction, meta, part in zip(good, predictions, metas, request_slices(predictions)):
-            if results is None:  # the batch failed as a whole: each request alone, so only the culprit fails
-                responses[index] = self._answer_alone(prediction, meta, params[part])
-            else:
-                responses[index] = self._answer(results[part])
+        for j, index in enumerate(good):
+            if j in answers:
+                responses[index] = self._answer(answers[j])
+            else:  # its batch failed as a whole: each request alone, so only the culprit fails
+                responses[index] = self._answer_alone(predictions[j], metas[j], params[j])
         self.times.lap()
-        self.times.end(len(params))
+        self.times.end(sum(len(p) for p in params))
         return responses
 
     def _answer(self, detections):

@@ -1,6 +1,7 @@
 """Preprocess on the GPU: every image of the scheduler's batch is decoded (nvJPEG for JPEG, in one call) and
-letterboxed on the GPU into one tensor, handed to the detector on the GPU (DLPack, no host copy). An image that
-fails fails its own request only, with the same messages as the CPU preprocess."""
+letterboxed on the GPU into one tensor (one per canvas shape with rectangular inference), handed to the detector on
+the GPU (DLPack, no host copy). An image that fails fails its own request only, with the same messages as the CPU
+preprocess."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +9,10 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.pipeline.decode import ImageDecodeError
-from yolo_triton.pipeline.gpu_preprocess import preprocess_batch, warm_up_preprocess
+from yolo_triton.pipeline.gpu_preprocess import preprocess_requests, warm_up_preprocess
 
 from . import preprocess as cpu
-from .common import StepTimes, error_response, output_tensor, pick_device, request_slices
+from .common import StepTimes, output_tensor, pick_device
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -30,31 +30,27 @@ class TritonPythonModel(cpu.TritonPythonModel):
     def execute(self, requests):
         self.times.begin()
         per_request = [pb_utils.get_input_tensor_by_name(r, specs.ENSEMBLE_INPUT).as_numpy().reshape(-1) for r in requests]
-        items = [data for encoded in per_request for data in encoded]
         self.times.lap()
         with torch.inference_mode():
-            batch, metas, errors = preprocess_batch(items, self.target_hw, self.device, self.pad_value, self.limits,
-                                                    self.torch_dtype, self.fit)
+            results = preprocess_requests(per_request, self.target_hw, self.device, self.pad_value, self.limits,
+                                          self.torch_dtype, self.fit, self.rect_buckets, self.stride)
         self.times.lap()
         self.times.gpu_done()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the tensors are complete before Triton reads them
         self.times.lap()
         responses = []
-        for encoded, part in zip(per_request, request_slices(per_request)):
-            failed = [(i, e) for i, e in enumerate(errors[part]) if e is not None]
-            if failed:
-                index, error = failed[0]
-                where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if len(encoded) > 1 else ""
-                kind = "" if isinstance(error, ImageDecodeError) else "cannot preprocess image: "
-                responses.append(error_response(f"{where}{kind}{error}"))
+        for encoded, result in zip(per_request, results):
+            if isinstance(result[1], Exception):  # (index, error) of the request's first image that failed
+                responses.append(self._image_error(*result, len(encoded)))
             else:
+                images, metas = result
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    output_tensor(specs.DETECTOR_INPUT, batch[part]),
-                    pb_utils.Tensor(specs.LETTERBOX_META, metas[part]),
+                    output_tensor(specs.DETECTOR_INPUT, images),
+                    pb_utils.Tensor(specs.LETTERBOX_META, metas),
                 ]))
         self.times.lap()
-        self.times.end(len(items))
+        self.times.end(sum(len(encoded) for encoded in per_request))
         return responses
 
     def finalize(self):

@@ -42,7 +42,7 @@ class TritonPythonModel:
             try:
                 decoded.append(decode_image(data, self.limits))
             except Exception as error:  # any failure on one image fails its request only, never the batch
-                return self._image_error(index, len(encoded), error)
+                return self._image_error(index, error, len(encoded))
         canvas, scale = self.target_hw, None
         if self.rect_buckets:
             canvas = rect_canvas([image.shape[:2] for image in decoded], self.rect_buckets, self.target_hw, self.stride)
@@ -53,14 +53,14 @@ class TritonPythonModel:
             try:
                 images[index], meta = fit_image(image, canvas, self.pad_value, self.fit, scale)
             except Exception as error:
-                return self._image_error(index, len(encoded), error)
+                return self._image_error(index, error, len(encoded))
             metas[index] = meta.to_array()
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(specs.DETECTOR_INPUT, images), pb_utils.Tensor(specs.LETTERBOX_META, metas)]
         )
 
     @staticmethod
-    def _image_error(index, count, error):
+    def _image_error(index, error, count):
         where = f"{specs.ENSEMBLE_INPUT}[{index}]: " if count > 1 else ""
         kind = "" if isinstance(error, ImageDecodeError) else "cannot preprocess image: "
         return error_response(f"{where}{kind}{error}")

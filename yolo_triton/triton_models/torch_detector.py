@@ -5,7 +5,8 @@ a GPU instance: FP16, channels_last, cuDNN autotuning, compiled — the ahead-of
 built (``model.pt2``, AOTInductor) where it fits this GPU and torch, else ``torch.compile`` at load (config parameter
 torch_compile, from the placement; "off" loads fast and uncompiled; every fallback said in the log) — and one CUDA
 graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
-bucket that holds it), compiled and captured at load so that no request pays for it. On a CPU instance (a host
+bucket that holds it), compiled and captured at load so that no request pays for it. With rectangular inference,
+graphs per shape bucket and batch bucket, of the uncompiled network. On a CPU instance (a host
 without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a GPU preprocess hands its tensor
 over without a host copy. Output: FP32 raw grid, as the ONNX's.
 """
@@ -43,7 +44,9 @@ class TritonPythonModel:
         if gpu and params["cuda_graphs"] == "true":
             name = args["model_name"]
             aot = os.path.join(args["model_repository"], args["model_version"], params["aot_file"])
-            self.runner, self.compiled = detector_runner(model, (3, *spec.input_size), self.max_batch_size, self.device,
+            # rectangular inference: graphs for every shape bucket the preprocess may send
+            shapes = [(3, *hw) for hw in spec.rect_buckets()] if spec.rect else (3, *spec.input_size)
+            self.runner, self.compiled = detector_runner(model, shapes, self.max_batch_size, self.device,
                                                          self.dtype, params["torch_compile"], aot,
                                                          lambda message, warn: (logger.warning if warn else logger.info)(
                                                              "%s: %s", name, message))
@@ -64,7 +67,7 @@ class TritonPythonModel:
         try:
             images = [input_tensor(r, specs.DETECTOR_INPUT) for r in requests]
             self.times.lap()
-            # requests of one input shape run as one batch (shapes differ only with rectangular inference, on the CPU)
+            # requests of one input shape run as one batch (shapes differ only with rectangular inference)
             by_shape = {}
             for index, image in enumerate(images):
                 by_shape.setdefault(tuple(image.shape[1:]), []).append(index)
