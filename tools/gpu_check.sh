@@ -33,12 +33,16 @@ start_server() {  # repository, log file, [GPU ids the server sees; default all]
     exec setsid python3 -m yolo_triton.serving.serve --device $device --models yolov7 --repository "$1" --profile open \
       --http-port $http --grpc-port $((http + 1)) --metrics-port $((http + 2)) \
       $([[ $device == gpu && -n ${MPS:-} ]] && echo --mps $MPS) > "$2" 2>&1 ) &
+  servers+=($!)
   for i in $(seq 300); do curl -sf localhost:$http/v2/health/ready && return 0; sleep 1; done
   echo "server not ready"; tail -30 "$2"; return 1
 }
-stop_server() {
-  pkill -INT -f "bin/tritonserver --model-repository" 2>/dev/null
-  for i in $(seq 60); do pgrep -f "bin/tritonserver --model-repository" >/dev/null || break; sleep 1; done
+servers=()
+stop_server() {  # the servers this script started (tests running beside it keep theirs); SIGTERM: serve stops Triton
+  # (not SIGINT: a background job of a script starts with SIGINT ignored, and Python then never sees it)
+  [[ ${#servers[@]} -gt 0 ]] && kill -TERM "${servers[@]}" 2>/dev/null
+  for i in $(seq 60); do ps -o stat= -p "${servers[@]}" 2>/dev/null | grep -qv Z || break; sleep 1; done
+  servers=()
   grep -c "successfully unloaded" "$1" || true
 }
 
