@@ -6,8 +6,8 @@
 # (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos;
 # agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime FP32, CPU
 # pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080 and
-# 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py); multigpu: the ensemble (case b) on GPU 0 alone, then on
-# every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
+# 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py);
+# multigpu: the ensemble (case b) on GPU 0 alone, then on every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
 # contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
 # with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
 # QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two

@@ -95,6 +95,15 @@ def request_slices(parts) -> List[slice]:
     return slices
 
 
+def groups_by_shape(tensors) -> List[List[int]]:
+    """The indices of ``tensors`` (one per request) grouped by their shape after the batch dimension, in first-seen
+    order: each group can be stacked into one batch (shapes differ only with rectangular inference)."""
+    groups = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tuple(tensor.shape[1:]), []).append(index)
+    return list(groups.values())
+
+
 class ConfigParameters(dict):
     """``parameters { key: "k" value: { string_value: "v" } }`` of a config.pbtxt. No defaults here: the configs
     are generated with every parameter their step reads (yolo_triton/repository.py), so a missing one is an error."""

@@ -11,7 +11,7 @@ from yolo_triton import specs
 from yolo_triton.pipeline.gpu_postprocess import postprocess_batch, warm_up_postprocess
 
 from . import postprocess as cpu
-from .common import StepTimes, error_response, input_tensor, pick_device, request_slices
+from .common import StepTimes, error_response, groups_by_shape, input_tensor, pick_device, request_slices
 
 
 class TritonPythonModel(cpu.TritonPythonModel):
@@ -45,12 +45,8 @@ class TritonPythonModel(cpu.TritonPythonModel):
             metas.append(meta)
             params.append([request_params] * len(prediction))
         self.times.lap()
-        # requests of one detector shape in one go (shapes differ only with rectangular inference)
-        by_rows = {}
-        for j, prediction in enumerate(predictions):
-            by_rows.setdefault(prediction.shape[1], []).append(j)
         answers = {}
-        for members in by_rows.values():
+        for members in groups_by_shape(predictions):  # requests of one detector shape in one go
             group = [predictions[j] for j in members]
             try:
                 with torch.inference_mode():

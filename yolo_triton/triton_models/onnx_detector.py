@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
 
-from .common import config_parameters, error_response, logger, parse_model_config, request_slices
+from .common import config_parameters, error_response, groups_by_shape, logger, parse_model_config, request_slices
 
 
 class TritonPythonModel:
@@ -57,12 +57,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, specs.DETECTOR_INPUT).as_numpy() for r in requests]
-        # requests of one input shape run as one batch (shapes differ only with rectangular inference)
-        by_shape = {}
-        for index, image in enumerate(images):
-            by_shape.setdefault(image.shape[1:], []).append(index)
         responses = [None] * len(requests)
-        for members in by_shape.values():
+        for members in groups_by_shape(images):
             group = [images[i] for i in members]
             try:
                 outputs = self._run(np.concatenate(group) if len(group) > 1 else group[0])

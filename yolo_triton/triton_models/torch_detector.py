@@ -21,8 +21,8 @@ from yolo_triton import specs
 from yolo_triton.pipeline.gpu_detector import detector_runner, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
-from .common import (StepTimes, config_parameters, error_response, input_tensor, logger, output_tensor,
-                     parse_model_config, pick_device, request_slices)
+from .common import (StepTimes, config_parameters, error_response, groups_by_shape, input_tensor, logger,
+                     output_tensor, parse_model_config, pick_device, request_slices)
 
 
 class TritonPythonModel:
@@ -67,13 +67,9 @@ class TritonPythonModel:
         try:
             images = [input_tensor(r, specs.DETECTOR_INPUT) for r in requests]
             self.times.lap()
-            # requests of one input shape run as one batch (shapes differ only with rectangular inference)
-            by_shape = {}
-            for index, image in enumerate(images):
-                by_shape.setdefault(tuple(image.shape[1:]), []).append(index)
             outputs = [None] * len(images)
             with torch.inference_mode():
-                for members in by_shape.values():
+                for members in groups_by_shape(images):
                     # each input onto this instance's GPU first: with several GPUs, a batch may gather from several
                     group = [images[i].to(self.device) for i in members]
                     result = self._run(torch.cat(group) if len(group) > 1 else group[0])
