@@ -29,14 +29,15 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from yolo_triton import errors, specs
 from yolo_triton.placement import DEVICES, PREPOST, PRESETS, RUNTIMES, TORCH_COMPILE_MODES, Placement
-from yolo_triton.repository import AOT_FILE, write_repository
+from yolo_triton.repository import AOT_FILE, COMPILE_CACHE_FILE, write_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,9 +283,11 @@ def compile_ahead_of_time(args: argparse.Namespace, placement: Placement, spec: 
                           torch_artifact: Path) -> None:
     """RUNTIME=torch on a GPU: the detector compiled here, once, as a TensorRT plan is built (build/compile_detector.py,
     AOTInductor) into the artifacts (``<model>.pt2``, what it was built with beside it), then copied into
-    ``<repository>/<model>/1/model.pt2``, so that the server loads it instead of compiling at load. Rebuilt when the
-    artifact, the mode, torch or the GPU changes. Without a GPU here, or if compiling fails, the server compiles at
-    load, and this says so."""
+    ``<repository>/<model>/1/model.pt2``, so that the server loads it instead of compiling at load. Where that fails,
+    ``torch.compile``'s cache of the network compiled as the server compiles it (``<model>.compile-cache`` →
+    ``model.compile-cache``), so that the server's compile at load finds it compiled. Each is rebuilt when the
+    artifact, the mode, torch or the GPU changes; a failure is remembered for the same (delete its stamp to try
+    again). Without a GPU here, or if both fail, the server compiles at load, and this says so."""
     import torch
 
     from yolo_triton.pipeline.gpu_detector import AOT_META_SUFFIX
@@ -293,25 +296,48 @@ def compile_ahead_of_time(args: argparse.Namespace, placement: Placement, spec: 
         print(f"{spec.name}: no CUDA GPU here, so nothing is compiled ahead of time: the server compiles the detector at "
               "load (minutes); `make build-engines DEVICE=gpu` on the GPU host compiles it once")
         return
-    package = args.artifacts / f"{spec.name}.pt2"
-    stamp_path = args.artifacts / f"{spec.name}.pt2.stamp.json"
     stamp = {"artifact": _file_state(str(torch_artifact)), "mode": placement.torch_compile, "half": placement.half,
              "max_batch": spec.max_batch_size, "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
-    if package.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
-        print(f"{spec.name}: {package} is up to date")
+    version = args.repository / spec.name / "1"
+
+    def build(what: str, suffix: str, name_in_repository: str, flags: List[str]) -> bool:
+        artifact = args.artifacts / f"{spec.name}{suffix}"
+        stamp_path = artifact.with_name(artifact.name + ".stamp.json")
+        done = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+        if {k: v for k, v in done.items() if k != "failed"} == stamp and (done.get("failed") or artifact.exists()):
+            if done.get("failed"):
+                print(f"{spec.name}: {what} {done['failed']} with this artifact, torch and GPU; not tried again "
+                      f"(delete {stamp_path} to retry)")
+                return False
+            print(f"{spec.name}: {artifact} is up to date")
+        else:
+            command = [sys.executable, "-m", "build.compile_detector", "--torch-artifact", str(torch_artifact),
+                       "--output", str(artifact), "--mode", placement.torch_compile, "--max-batch",
+                       str(spec.max_batch_size), *([] if placement.half else ["--fp32"]), *flags]
+            print("+ " + " ".join(command), flush=True)
+            code = subprocess.run(command, cwd=REPO_ROOT).returncode
+            if code != 0:
+                # a negative code is a signal: a crash inside torch (AOTInductor's loader, say), not a Python error
+                failed = f"crashed ({signal.Signals(-code).name})" if code < 0 else f"failed (exit status {code})"
+                stamp_path.write_text(json.dumps({**stamp, "failed": failed}, indent=1) + "\n")
+                print(f"{spec.name}: {what} {failed} (above)")
+                return False
+            stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+        for source in (artifact, artifact.with_name(artifact.name + AOT_META_SUFFIX)):
+            target = version / source.name.replace(artifact.name, name_in_repository)
+            shutil.copyfile(source, target.with_name(target.name + ".tmp"))
+            target.with_name(target.name + ".tmp").replace(target)  # atomic: the server never sees a half-copied file
+        return True
+
+    for name in (AOT_FILE, COMPILE_CACHE_FILE):  # what an earlier build left: the server's choice is this build's
+        for stale in (version / name, version / (name + AOT_META_SUFFIX)):
+            stale.unlink(missing_ok=True)
+    if build("compiling ahead of time (AOTInductor)", ".pt2", AOT_FILE, []):
+        return
+    if build("compiling torch.compile's cache instead", ".compile-cache", COMPILE_CACHE_FILE, ["--compile-cache"]):
+        print(f"{spec.name}: the server compiles the detector at load from this cache")
     else:
-        command = [sys.executable, "-m", "build.compile_detector", "--torch-artifact", str(torch_artifact),
-                   "--output", str(package), "--mode", placement.torch_compile, "--max-batch", str(spec.max_batch_size),
-                   *([] if placement.half else ["--fp32"])]
-        print("+ " + " ".join(command), flush=True)
-        if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
-            print(f"{spec.name}: compiling ahead of time failed (above); the server compiles the detector at load")
-            return
-        stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
-    for source in (package, package.with_name(package.name + AOT_META_SUFFIX)):
-        target = args.repository / spec.name / "1" / source.name.replace(package.name, AOT_FILE)
-        shutil.copyfile(source, target.with_name(target.name + ".tmp"))
-        target.with_name(target.name + ".tmp").replace(target)  # atomic: the server never sees a half-copied file
+        print(f"{spec.name}: the server compiles the detector at load, from scratch (minutes)")
 
 
 def plugins_by_model(items) -> Dict[str, tuple]:

@@ -10,6 +10,13 @@ dynamic batch (1 to ``--max-batch``) and compiled by AOTInductor into one packag
 package only on the same, and otherwise compiles at load and says why. `make build-engines DEVICE=gpu` runs this
 for every model (rebuilt when the artifact, torch or the GPU changes); without a GPU here it is skipped, and the
 server compiles at load.
+
+    python -m build.compile_detector --compile-cache --torch-artifact build/artifacts/yolov7.pt \
+        --output model_repository/yolov7/1/model.compile-cache [--mode default] [--max-batch 32] [--fp32]
+
+Where AOTInductor's package fails (YOLOv7-640's loader crashes on torch 2.11, docs/gpu.md), the build's stand-in:
+the network compiled by ``torch.compile`` and captured in CUDA graphs as the server does at load, and what that
+compiled saved as torch.compiler's portable cache; the server's compile at load then finds it compiled.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch
 
 from yolo_triton import errors
 from yolo_triton.models.torch_artifact import load_torch_artifact
-from yolo_triton.pipeline.gpu_detector import compile_ahead, prepare_for_gpu
+from yolo_triton.pipeline.gpu_detector import compile_ahead, prepare_for_gpu, warm_compile_cache
 from yolo_triton.placement import TORCH_COMPILE_MODES
 
 LOGGER = logging.getLogger("yolo_triton")
@@ -32,7 +39,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-artifact", type=Path, required=True, help="model.pt of build.create_onnx --save-torch")
-    parser.add_argument("--output", type=Path, required=True, help="the package to write (model.pt2)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="the package to write (model.pt2), or with --compile-cache the cache (model.compile-cache)")
+    parser.add_argument("--compile-cache", action="store_true",
+                        help="torch.compile's cache of the network compiled as the server does, not an AOTInductor package")
     parser.add_argument("--mode", choices=[m for m in TORCH_COMPILE_MODES if m != "off"], default="default")
     parser.add_argument("--max-batch", type=int, default=32, help="the largest batch (the config's max_batch_size)")
     parser.add_argument("--fp32", action="store_true", help="FP32 instead of FP16 (the placement's half=false)")
@@ -44,8 +54,9 @@ def main(argv=None) -> int:
     dtype = torch.float32 if args.fp32 else torch.float16
     model, spec = load_torch_artifact(args.torch_artifact)
     started = time.perf_counter()
-    compile_ahead(prepare_for_gpu(model, device, dtype), (3, *spec.input_size), args.max_batch, device, dtype,
-                  args.mode, args.output)
+    build = warm_compile_cache if args.compile_cache else compile_ahead
+    build(prepare_for_gpu(model, device, dtype), (3, *spec.input_size), args.max_batch, device, dtype, args.mode,
+          args.output)
     LOGGER.info("wrote %s (%s, batch 1-%d, %s, %s) in %.0f s", args.output, spec.name, args.max_batch,
                 str(dtype).replace("torch.", ""), torch.cuda.get_device_name(device), time.perf_counter() - started)
     return 0

@@ -192,15 +192,16 @@ def write_report(args, rows, failures, skipped=()) -> dict:
 
 
 def bare_detector(args) -> list:
-    """(e) the ceiling: the served detector — the same artifact, ahead-of-time package or torch.compile, CUDA graphs
-    (``gpu_detector.detector_runner``, as the server runs it) — called in this process on the same GPU, one batch
-    after another, no Triton. One row per batch size: img/s and the median latency of a batch."""
+    """(e) the ceiling: the served detector — the same artifact, ahead-of-time package or torch.compile (from the
+    build's compile cache where there is one), CUDA graphs (``gpu_detector.detector_runner``, as the server runs
+    it) — called in this process on the same GPU, one batch after another, no Triton. One row per batch size: img/s and the median latency of a batch."""
     import time
 
     import torch
 
     from yolo_triton.models.torch_artifact import load_torch_artifact
     from yolo_triton.pipeline.gpu_detector import detector_runner, prepare_for_gpu
+    from yolo_triton.repository import AOT_FILE, COMPILE_CACHE_FILE
 
     folder = args.repository / args.model / "1"
     if not torch.cuda.is_available() or not (folder / "model.pt").exists():
@@ -209,8 +210,9 @@ def bare_detector(args) -> list:
     model, spec = load_torch_artifact(folder / "model.pt")
     model = prepare_for_gpu(model, device, dtype)
     shape = (3, *spec.input_size)
-    runner, how = detector_runner(model, shape, spec.max_batch_size, device, dtype, args.compile, folder / "model.pt2",
-                                  lambda message, _warn: tqdm.write(f"(e) {message}", file=sys.stderr))
+    runner, how = detector_runner(model, shape, spec.max_batch_size, device, dtype, args.compile, folder / AOT_FILE,
+                                  lambda message, _warn: tqdm.write(f"(e) {message}", file=sys.stderr),
+                                  folder / COMPILE_CACHE_FILE)
     rows = []
     for batch in [b for b in runner.buckets if b in args.bare_batches]:
         images = torch.rand((batch, *shape), device=device, dtype=dtype)

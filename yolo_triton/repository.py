@@ -27,6 +27,7 @@ ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 TORCH_FILE = "model.pt"
 AOT_FILE = "model.pt2"  # RUNTIME=torch on a GPU: the detector compiled ahead of time (build/compile_detector.py)
+COMPILE_CACHE_FILE = "model.compile-cache"  # … or, where AOTInductor's package fails, what torch.compile compiled
 CPU_TWIN_SUFFIX = "_cpu"  # <name>_e2e_cpu: the same detector with CPU pre/post, for benchmarks
 PLUGINS_PARAMETER = "plugins"  # detector config parameter: plugin libraries the server must preload
 PLUGIN_SEPARATOR = ";"  # as tritonserver's --backend-config=tensorrt,plugins="a.so;b.so"
@@ -116,7 +117,8 @@ def detector_config(spec: S.ModelSpec, placement: Placement) -> mc.ModelConfig:
         if placement.gpu:
             spec = spec.with_overrides(preferred_batch_sizes=tuple(batch_buckets(spec.max_batch_size)))
         return _model(spec.name, spec, inputs, outputs, **common,
-                      parameters={"torch_file": TORCH_FILE, "aot_file": AOT_FILE, "half": str(placement.half).lower(),
+                      parameters={"torch_file": TORCH_FILE, "aot_file": AOT_FILE,
+                                  "compile_cache_file": COMPILE_CACHE_FILE, "half": str(placement.half).lower(),
                                   "cuda_graphs": "true", **GPU_INPUTS,
                                   # rectangular inference: CUDA graphs per shape of the network as is (compiling
                                   # every shape × batch bucket at load multiplies its minutes by the shapes)

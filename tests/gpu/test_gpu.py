@@ -235,6 +235,54 @@ def test_ahead_of_time_package_close_to_onnxruntime_and_refused_elsewhere(onnx_m
     assert gpu_det.load_ahead(package, CUDA, torch.float32, shape, 8)[0] is None  # built for FP16
 
 
+COMPILE_CACHE_RUNNER = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from yolo_triton.models.torch_artifact import load_torch_artifact
+from yolo_triton.pipeline import gpu_detector as gpu_det
+artifact, cache, max_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model, spec = load_torch_artifact(artifact)
+cuda = torch.device("cuda")
+model = gpu_det.prepare_for_gpu(model, cuda)
+messages = []
+runner, how = gpu_det.detector_runner(model, (3, *spec.input_size), max_batch, cuda, torch.float16, "default", None,
+                                      lambda message, warn: messages.append(message), cache)
+x = torch.rand((3, 3, *spec.input_size), device=cuda, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+with torch.no_grad():
+    ours, plain = runner(x), model(x).float()
+error = ((ours - plain).norm() / plain.norm()).item()
+print(json.dumps({"how": how, "messages": messages, "inductor": dict(counters["inductor"]), "error": error}))
+"""
+
+
+def test_compile_cache_from_the_build_spares_the_server_compiling(onnx_models, tmp_path):
+    """Where AOTInductor's package fails (YOLOv7-640's loader crashes on torch 2.11), the build's stand-in:
+    `compile_detector --compile-cache` compiles and captures the detector as the server does and saves what it
+    compiled; a fresh process with empty caches of its own then builds the server's runner from it — says so, and
+    compiles nothing again (torch's own counters) — and answers as the network does."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ..helpers import ROOT
+
+    artifact, cache, max_batch = onnx_models[SMALL.name].with_suffix(".pt"), tmp_path / "model.compile-cache", 4
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "build-inductor")}
+    subprocess.run([sys.executable, "-m", "build.compile_detector", "--compile-cache", "--torch-artifact", str(artifact),
+                    "--output", str(cache), "--max-batch", str(max_batch)], cwd=ROOT, env=env, check=True)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "server-inductor")
+    done = subprocess.run([sys.executable, "-c", COMPILE_CACHE_RUNNER, str(artifact), str(cache), str(max_batch)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print("MEASURED compile cache:", result)
+    assert result["how"] == "default" and any("from the build's compile cache" in m for m in result["messages"]), result
+    buckets = len(gpu_det.batch_buckets(max_batch))
+    assert result["inductor"].get("fxgraph_cache_hit") == buckets and not result["inductor"].get("fxgraph_cache_miss")
+    assert result["error"] < 1e-2
+
+
 def matched_share(boxes, classes, ref_boxes, ref_classes, iou=0.9):
     """Share of reference boxes with a same-class box at IoU ≥ ``iou``."""
     hits = 0

@@ -1,5 +1,6 @@
 """The detector on the GPU for RUNTIME=torch: our fused network in FP16, compiled (ahead of time by AOTInductor at
-build time, else by torch.compile at load), in CUDA graphs per batch bucket.
+build time, else by torch.compile at load, from the build's compile cache where it made one), in CUDA graphs per
+batch bucket.
 
 Where the time goes and what each step gained, measured: docs/gpu.md.
 """
@@ -154,6 +155,61 @@ def compile_ahead(model: torch.nn.Module, input_chw, max_batch: int, device, dty
     tmp.replace(path)
 
 
+def compile_identity(device, dtype, input_chw, max_batch: int, mode: str) -> dict:
+    """What a compile cache is tied to: ``device_identity`` and what was compiled (mode, dtype, input, batches)."""
+    return {**device_identity(device), "mode": mode, "dtype": str(dtype).replace("torch.", ""),
+            "input": list(input_chw), "max_batch": max_batch}
+
+
+def save_compile_cache(path, identity: dict) -> int:
+    """What ``torch.compile`` compiled in this process, as torch.compiler's portable cache ("mega-cache": Inductor's
+    FX graphs and Triton kernels, AOTAutograd's graphs, autotuning results), written to ``path`` with ``identity``
+    beside it (``.json``). Written to a temporary name and renamed. → its size in bytes."""
+    import json
+    from pathlib import Path
+
+    saved = torch.compiler.save_cache_artifacts()
+    if not saved or not saved[0]:
+        raise ValueError("nothing was compiled in this process: no compile cache to save")
+    path = Path(path)
+    tmp = path.with_name(f".tmp.{path.name}")
+    tmp.write_bytes(saved[0])
+    path.with_name(path.name + AOT_META_SUFFIX).write_text(json.dumps(identity, indent=1) + "\n")
+    tmp.replace(path)
+    return len(saved[0])
+
+
+def load_compile_cache(path, identity: dict) -> str:
+    """Seed this process's compile caches from ``path`` (``save_compile_cache``'s) where it was saved for
+    ``identity``, so that ``torch.compile`` finds its graphs and kernels compiled; → "" where it did, else why not."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    meta_path = path.with_name(path.name + AOT_META_SUFFIX)
+    if not path.exists() or not meta_path.exists():
+        return f"no compile cache {path.name}"
+    saved = json.loads(meta_path.read_text())
+    for key in identity:
+        if saved.get(key) != identity[key]:
+            return f"the compile cache {path.name} was made for {key} {saved.get(key)}, this is {identity[key]}"
+    try:  # None: torch could not read it (it logs why) — another build of torch wrote it, or it is damaged
+        loaded = torch.compiler.load_cache_artifacts(path.read_bytes())
+        why = "" if loaded is not None else "torch.compiler could not read it"
+    except Exception as error:
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"the compile cache {path.name} does not load: {why}" if why else ""
+
+
+def warm_compile_cache(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, path) -> int:
+    """The prepared detector compiled and captured as the server does at load (``compile_detector`` then a
+    :class:`GraphRunner` over every batch bucket), and what that compiled saved to ``path``
+    (``save_compile_cache``): the build's stand-in for an ahead-of-time package where AOTInductor's fails, so that
+    the server's compile at load finds it all compiled. → the cache's size in bytes."""
+    GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch, device, dtype)
+    return save_compile_cache(path, compile_identity(device, dtype, input_chw, max_batch, mode))
+
+
 def load_ahead(path, device, dtype, input_chw, max_batch: int):
     """(the compiled package as a callable, "") where ``path`` was built for this torch, this GPU, this input and
     batch; else (None, why not)."""
@@ -179,10 +235,11 @@ def load_ahead(path, device, dtype, input_chw, max_batch: int):
     return compiled, ""
 
 
-def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, aot_path, log):
+def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, aot_path, log,
+                    cache_path=None):
     """What the server runs for the prepared detector, and `make bench` (e) measures: CUDA graphs per batch bucket
-    over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"); else over the
-    network as is. Each step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
+    over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"), from the
+    build's compile cache ``cache_path`` where it fits (``warm_compile_cache``); else over the network as is. Each step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
     → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off").
 
     ``input_chw`` a list of shapes (rectangular inference): CUDA graphs of the network as is, per shape and batch
@@ -208,12 +265,18 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
                 return runner, "aot"
             except Exception as error:
                 why_not = f"the ahead-of-time package failed its first runs: {str(error).splitlines()[0]}"
+        why_no_cache = (load_compile_cache(cache_path, compile_identity(device, dtype, input_chw, max_batch, mode))
+                        if cache_path else "no compile cache")
+        how = "from the build's compile cache" if not why_no_cache else "which takes minutes"
         if why_not:
-            log(f"{why_not}; compiling at load (torch.compile {mode}), which takes minutes", True)
+            log(f"{why_not}; compiling at load (torch.compile {mode}), {how}", True)
+        if why_no_cache and cache_path and not why_no_cache.startswith("no compile cache"):
+            log(f"{why_no_cache}: compiling from scratch", True)
         try:
             runner = GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch,
                                  device, dtype)
-            log(f"torch.compile ({mode}) and CUDA graphs ready in {time.perf_counter() - started:.0f} s", False)
+            log(f"torch.compile ({mode}) and CUDA graphs ready in {time.perf_counter() - started:.0f} s"
+                f"{'' if why_no_cache else ', ' + how}", False)
             return runner, mode
         except Exception as error:  # e.g. no C compiler for Inductor's kernels: serve uncompiled, slower, and say so
             # the last line says why (Inductor's first line is often just "backend='inductor' raised:")

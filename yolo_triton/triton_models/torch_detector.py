@@ -43,13 +43,15 @@ class TritonPythonModel:
         self.runner, self.compiled = None, "off"
         if gpu and params["cuda_graphs"] == "true":
             name = args["model_name"]
-            aot = os.path.join(args["model_repository"], args["model_version"], params["aot_file"])
+            version = os.path.join(args["model_repository"], args["model_version"])
             # rectangular inference: graphs for every shape bucket the preprocess may send
             shapes = [(3, *hw) for hw in spec.rect_buckets()] if spec.rect else (3, *spec.input_size)
             self.runner, self.compiled = detector_runner(model, shapes, self.max_batch_size, self.device,
-                                                         self.dtype, params["torch_compile"], aot,
+                                                         self.dtype, params["torch_compile"],
+                                                         os.path.join(version, params["aot_file"]),
                                                          lambda message, warn: (logger.warning if warn else logger.info)(
-                                                             "%s: %s", name, message))
+                                                             "%s: %s", name, message),
+                                                         os.path.join(version, params["compile_cache_file"]))
         logger.info("%s: %s on %s, %s, compiled %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
                     self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
         self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"], self.device)

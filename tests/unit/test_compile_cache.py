@@ -1,0 +1,72 @@
+"""The build's compile cache (where AOTInductor's package fails, the server's torch.compile at load starts from what
+the build compiled): saved in one process, loaded in another with empty caches of its own, torch's own counters
+say the second compiled nothing — on the CPU, where Inductor compiles C++ instead of Triton kernels; the same calls
+serve the GPU (tests/gpu runs them there)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ..helpers import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="Inductor compiles C++ on the CPU: no C compiler here")
+
+# a small convolutional network compiled as the server compiles the detector (static shapes, one graph per batch)
+SCRIPT = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from yolo_triton.pipeline.gpu_detector import load_compile_cache, save_compile_cache
+action, path = sys.argv[1], sys.argv[2]
+identity = json.loads(sys.argv[3])
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+why = load_compile_cache(path, identity) if action == "load" else ""
+compiled = torch.compile(net, dynamic=False)
+with torch.no_grad():
+    equal = all(torch.allclose(compiled(x), net(x), atol=1e-5) for x in (torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16)))
+size = save_compile_cache(path, identity) if action == "save" else 0
+print(json.dumps({"why": why, "equal": equal, "size": size, "inductor": dict(counters["inductor"])}))
+"""
+IDENTITY = {"torch": "this one", "device": "cpu", "mode": "default", "input": [3, 16, 16], "max_batch": 2}
+
+
+def run(action, path, tmp_path, identity=IDENTITY):
+    cache_dir = tmp_path / f"inductor-{action}-{len(list(tmp_path.glob('inductor-*')))}"  # empty: this process's own
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, action, str(path), json.dumps(identity)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compile_cache_saved_by_one_process_spares_the_next_its_compiling(tmp_path):
+    path = tmp_path / "model.compile-cache"
+    saved = run("save", path, tmp_path)
+    assert saved["equal"] and saved["size"] > 0 and saved["inductor"].get("fxgraph_cache_miss") == 2, saved
+    assert json.loads(path.with_name(path.name + ".json").read_text()) == IDENTITY
+
+    loaded = run("load", path, tmp_path)
+    assert loaded["why"] == "" and loaded["equal"], loaded
+    # both batch sizes' graphs found compiled in the cache the file seeded; nothing compiled again
+    assert loaded["inductor"].get("fxgraph_cache_hit") == 2 and not loaded["inductor"].get("fxgraph_cache_miss"), loaded
+
+    other = {**IDENTITY, "torch": "another one"}
+    refused = run("load", path, tmp_path, other)
+    assert refused["why"] == "the compile cache model.compile-cache was made for torch this one, this is another one"
+    assert refused["equal"] and refused["inductor"].get("fxgraph_cache_miss") == 2, refused  # compiled from scratch
+
+
+def test_compile_cache_missing_or_damaged_is_said_and_compiled_from_scratch(tmp_path):
+    from yolo_triton.pipeline.gpu_detector import load_compile_cache
+
+    path = tmp_path / "model.compile-cache"
+    assert load_compile_cache(path, IDENTITY) == "no compile cache model.compile-cache"
+    path.write_bytes(b"not a cache")
+    path.with_name(path.name + ".json").write_text(json.dumps(IDENTITY))
+    assert load_compile_cache(path, IDENTITY).startswith("the compile cache model.compile-cache does not load: ")
