@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU path on the GPU machine (the `device` tool, carrying .device from ../shared/device/triton-bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
+# The GPU path on the GPU machine (the `device` tool, carrying .device from tools/gpu_bundle.sh):
+#   bash tools/gpu_check.sh [tests|profile|bench|ready|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
 # time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds, tools/bench.py
 # (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos;
+# ready: the GPU preset's build (ahead-of-time package, else compile cache) and server start, timed;
 # agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime FP32, CPU
 # pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080 and
 # 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py);
@@ -59,8 +60,8 @@ if [[ $what == bench || $what == all ]]; then
     ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} \
     > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
   built=$(date +%s)
-  grep -E "wrote|compile" /tmp/build.log | tail -3
-  grep -q "compiling ahead of time failed" /tmp/build.log && { grep -v "^\s*$" /tmp/build.log | tail -40; cp /tmp/build.log "$OUT/"; }
+  grep -E "wrote|^yolov7:" /tmp/build.log | tail -4
+  grep -qE "ahead of time \(AOTInductor\) (failed|crashed)" /tmp/build.log && cp /tmp/build.log "$OUT/"
   mkdir -p /tmp/bench
   start_server $repo "$OUT/server.log" || exit 1
   echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee "$OUT/bench.log"
@@ -75,6 +76,19 @@ if [[ $what == bench || $what == all ]]; then
     > /tmp/eval.log 2>&1; grep -v "it/s\]" /tmp/eval.log | tail -6 | tee -a "$OUT/bench.log"
   cp /tmp/eval/metrics.json "$OUT/eval_metrics.json" 2>/dev/null
   stop_server "$OUT/server.log"
+fi
+if [[ $what == ready ]]; then
+  # the build (the ahead-of-time package, else the compile cache) and the server's start, timed; what it loaded
+  repo=/tmp/ready_repository
+  started=$(date +%s)
+  python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
+    > /tmp/build_ready.log 2>&1 || { tail -20 /tmp/build_ready.log; exit 1; }
+  built=$(date +%s)
+  grep -E "wrote|^yolov7:" /tmp/build_ready.log | tee "$OUT/ready.log"
+  start_server $repo "$OUT/server_ready.log" || exit 1
+  echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee -a "$OUT/ready.log"
+  grep -E "ahead-of-time|compile cache|compiling|torch.compile" "$OUT/server_ready.log" | cut -c1-300 | tee -a "$OUT/ready.log"
+  stop_server "$OUT/server_ready.log"
 fi
 if [[ $what == agreement ]]; then
   python3 -m build.build_engines --device gpu --models yolov7 --repository /tmp/agree_gpu --artifacts /tmp/bench_artifacts \
