@@ -239,7 +239,8 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
                     cache_path=None):
     """What the server runs for the prepared detector, and `make bench` (e) measures: CUDA graphs per batch bucket
     over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"), from the
-    build's compile cache ``cache_path`` where it fits (``warm_compile_cache``); else over the network as is. Each step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
+    build's compile cache ``cache_path`` where it fits (``warm_compile_cache``); else over the network as is. Each
+    step down is said through ``log(message, True)``, the rest through ``log(message, False)``.
     → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off").
 
     ``input_chw`` a list of shapes (rectangular inference): CUDA graphs of the network as is, per shape and batch
@@ -270,7 +271,7 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
         how = "from the build's compile cache" if not why_no_cache else "which takes minutes"
         if why_not:
             log(f"{why_not}; compiling at load (torch.compile {mode}), {how}", True)
-        if why_no_cache and cache_path and not why_no_cache.startswith("no compile cache"):
+        if why_no_cache and not why_no_cache.startswith("no compile cache"):  # one there, but not for this
             log(f"{why_no_cache}: compiling from scratch", True)
         try:
             runner = GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch,
