@@ -304,11 +304,12 @@ def compile_ahead_of_time(args: argparse.Namespace, placement: Placement, spec: 
         artifact = args.artifacts / f"{spec.name}{suffix}"
         stamp_path = artifact.with_name(artifact.name + ".stamp.json")
         done = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
-        if {k: v for k, v in done.items() if k != "failed"} == stamp and (done.get("failed") or artifact.exists()):
-            if done.get("failed"):
-                print(f"{spec.name}: {what} {done['failed']} with this artifact, torch and GPU; not tried again "
-                      f"(delete {stamp_path} to retry)")
-                return False
+        failed = done.pop("failed", None)
+        if done == stamp and failed:
+            print(f"{spec.name}: {what} {failed} with this artifact, torch and GPU; not tried again "
+                  f"(delete {stamp_path} to retry)")
+            return False
+        if done == stamp and artifact.exists():
             print(f"{spec.name}: {artifact} is up to date")
         else:
             command = [sys.executable, "-m", "build.compile_detector", "--torch-artifact", str(torch_artifact),

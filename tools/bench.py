@@ -194,7 +194,8 @@ def write_report(args, rows, failures, skipped=()) -> dict:
 def bare_detector(args) -> list:
     """(e) the ceiling: the served detector — the same artifact, ahead-of-time package or torch.compile (from the
     build's compile cache where there is one), CUDA graphs (``gpu_detector.detector_runner``, as the server runs
-    it) — called in this process on the same GPU, one batch after another, no Triton. One row per batch size: img/s and the median latency of a batch."""
+    it) — called in this process on the same GPU, one batch after another, no Triton. One row per batch size:
+    img/s and the median latency of a batch."""
     import time
 
     import torch

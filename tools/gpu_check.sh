@@ -2,19 +2,21 @@
 # The GPU path on the GPU machine (the `device` tool, carrying .device from tools/gpu_bundle.sh):
 #   bash tools/gpu_check.sh [tests|profile|bench|ready|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
-# time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds, tools/bench.py
-# (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the scikit-image photos;
-# ready: the GPU preset's build (ahead-of-time package, else compile cache) and server start, timed;
-# agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime FP32, CPU
-# pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080 and
-# 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py);
-# multigpu: the ensemble (case b) on GPU 0 alone, then on every GPU, and tools/scaling.py; instances: (a) and (b) with 1, 2 and 3 instances of each GPU step (separate CUDA
-# contexts time-share the GPU); profile: each GPU step alone, outside Triton (tools/gpu_profile.py); steps: case (b)
-# with the steps' own phase timings (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in
-# QUEUE_DELAYS (tools/step_times.py); handover: the Python backend's cost of handing one tensor between two
-# ensemble steps, by size, on the GPU and on the host (tools/handover_probe.py). MPS=on|off|auto serves with that
-# `--mps` (unset: the GPU preset's auto, the steps' CUDA contexts sharing the GPU at once under a private MPS daemon).
-# GPU_INSTANCES, GPU_QUEUE_DELAY_US and TORCH_COMPILE change those fields of the GPU preset (yolo_triton/placement.py). Logs and results go to $OUT (or build/gpu_check).
+# time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds,
+# tools/bench.py (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the
+# scikit-image photos; ready: the GPU preset's build (ahead-of-time package, else compile cache) and server start,
+# timed; agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime
+# FP32, CPU pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080
+# and 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py);
+# multigpu: the ensemble (case b) on GPU 0 alone, then on every GPU, and tools/scaling.py; instances: (a) and (b)
+# with 1, 2 and 3 instances of each GPU step (separate CUDA contexts time-share the GPU); profile: each GPU step
+# alone, outside Triton (tools/gpu_profile.py); steps: case (b) with the steps' own phase timings
+# (YOLO_TRITON_STEP_TIMES) beside Triton's statistics, for each batcher delay in QUEUE_DELAYS (tools/step_times.py);
+# handover: the Python backend's cost of handing one tensor between two ensemble steps, by size, on the GPU and on
+# the host (tools/handover_probe.py). MPS=on|off|auto serves with that `--mps` (unset: the GPU preset's auto, the
+# steps' CUDA contexts sharing the GPU at once under a private MPS daemon). GPU_INSTANCES, GPU_QUEUE_DELAY_US and
+# TORCH_COMPILE change those fields of the GPU preset (yolo_triton/placement.py). Logs and results go to $OUT (or
+# build/gpu_check).
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-build/gpu_check}; mkdir -p "$OUT"
@@ -39,6 +41,19 @@ start_server() {  # repository, log file, [GPU ids the server sees; default all]
   echo "server not ready"; tail -30 "$2"; return 1
 }
 servers=()
+build_and_start() {  # repository, server log, summary file, [build args]: the GPU preset's YOLOv7-640 built and
+  # served, both timed (the ahead-of-time package, else the compile cache), and what the detector loaded
+  local repo=$1 log=$2 summary=$3 started built; shift 3
+  started=$(date +%s)
+  python3 -m build.build_engines --device gpu --models yolov7 --repository "$repo" --artifacts /tmp/bench_artifacts \
+    "$@" > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; return 1; }
+  built=$(date +%s)
+  grep -E "wrote|^yolov7:" /tmp/build.log | tail -4 | tee "$summary"
+  grep -qE "ahead of time \(AOTInductor\) (failed|crashed)" /tmp/build.log && cp /tmp/build.log "$OUT/"
+  start_server "$repo" "$log" || return 1  # not in a pipe: it records the server's pid for stop_server
+  echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee -a "$summary"
+  grep -E "ahead-of-time|compile cache|compiling|torch.compile" "$log" | cut -c1-300 | head -6 | tee -a "$summary"
+}
 stop_server() {  # the servers this script started (tests running beside it keep theirs); SIGTERM: serve stops Triton
   # (not SIGINT: a background job of a script starts with SIGINT ignored, and Python then never sees it)
   [[ ${#servers[@]} -gt 0 ]] && kill -TERM "${servers[@]}" 2>/dev/null
@@ -55,17 +70,9 @@ if [[ $what == profile || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   repo=/tmp/bench_repository
-  started=$(date +%s)
-  python3 -m build.build_engines --device gpu --models yolov7 --cpu-twin --repository $repo --artifacts /tmp/bench_artifacts \
-    ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} \
-    > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
-  built=$(date +%s)
-  grep -E "wrote|^yolov7:" /tmp/build.log | tail -4
-  grep -qE "ahead of time \(AOTInductor\) (failed|crashed)" /tmp/build.log && cp /tmp/build.log "$OUT/"
+  build_and_start $repo "$OUT/server.log" "$OUT/bench.log" --cpu-twin ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} \
+    ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} || exit 1
   mkdir -p /tmp/bench
-  start_server $repo "$OUT/server.log" || exit 1
-  echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee "$OUT/bench.log"
-  grep -E "ahead-of-time|compiling at load|torch.compile" "$OUT/server.log" | head -4 | tee -a "$OUT/bench.log"
   # the device tool brings back few files: raw perf_analyzer CSVs stay in /tmp, the summary goes to $OUT
   python -m tools.bench -u localhost:8001 -m yolov7 --repository $repo --out /tmp/bench "$@" > /tmp/bench.log 2>&1
   cp /tmp/bench/bench.json /tmp/bench/stats.json "$OUT/" 2>/dev/null
@@ -78,16 +85,7 @@ if [[ $what == bench || $what == all ]]; then
   stop_server "$OUT/server.log"
 fi
 if [[ $what == ready ]]; then
-  # the build (the ahead-of-time package, else the compile cache) and the server's start, timed; what it loaded
-  repo=/tmp/ready_repository
-  started=$(date +%s)
-  python3 -m build.build_engines --device gpu --models yolov7 --repository $repo --artifacts /tmp/bench_artifacts \
-    > /tmp/build_ready.log 2>&1 || { tail -20 /tmp/build_ready.log; exit 1; }
-  built=$(date +%s)
-  grep -E "wrote|^yolov7:" /tmp/build_ready.log | tee "$OUT/ready.log"
-  start_server $repo "$OUT/server_ready.log" || exit 1
-  echo "build $((built - started)) s, server ready $(( $(date +%s) - built )) s" | tee -a "$OUT/ready.log"
-  grep -E "ahead-of-time|compile cache|compiling|torch.compile" "$OUT/server_ready.log" | cut -c1-300 | tee -a "$OUT/ready.log"
+  build_and_start /tmp/ready_repository "$OUT/server_ready.log" "$OUT/ready.log" || exit 1
   stop_server "$OUT/server_ready.log"
 fi
 if [[ $what == agreement ]]; then

@@ -132,11 +132,36 @@ def capturable(model, input_chw, device, dtype) -> bool:
         return False
 
 
+def publish(tmp, path, identity: dict) -> None:
+    """``tmp`` (a built package or cache) renamed to ``path``, with ``identity`` (what it was built with) written
+    beside it first: a reader never finds the file without its identity, and a failed build leaves neither."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.with_name(path.name + AOT_META_SUFFIX).write_text(json.dumps(identity, indent=1) + "\n")
+    Path(tmp).replace(path)
+
+
+def identity_beside(path) -> Optional[dict]:
+    """What ``path`` was built with (``publish``'s), or None where the file or its identity is missing."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    meta_path = path.with_name(path.name + AOT_META_SUFFIX)
+    return json.loads(meta_path.read_text()) if path.exists() and meta_path.exists() else None
+
+
+def first_line(error: Exception) -> str:
+    """An exception's first line, or its type where it has no message (what a log line says of it)."""
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def compile_ahead(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, path) -> None:
     """The prepared detector (``prepare_for_gpu``) exported with a dynamic batch of 1 to ``max_batch`` and compiled
     by AOTInductor into the package ``path`` (kernels and weights), with ``device_identity`` beside it and whether
     CUDA graphs capture it. Written to a temporary name and renamed: a failed build leaves no package."""
-    import json
     from pathlib import Path
 
     path = Path(path)
@@ -149,10 +174,7 @@ def compile_ahead(model: torch.nn.Module, input_chw, max_batch: int, device, dty
     tmp = path.with_name(f".tmp.{path.name}")  # AOTInductor wants a name ending in .pt2
     torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=options)
     graphs = capturable(torch._inductor.aoti_load_package(str(tmp)), input_chw, device, dtype)
-    meta = {**device_identity(device), "mode": mode, "max_batch": max_batch, "dtype": str(dtype).replace("torch.", ""),
-            "input": list(input_chw), "cuda_graphs": graphs}
-    path.with_name(path.name + AOT_META_SUFFIX).write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(path)
+    publish(tmp, path, {**compile_identity(device, dtype, input_chw, max_batch, mode), "cuda_graphs": graphs})
 
 
 def compile_identity(device, dtype, input_chw, max_batch: int, mode: str) -> dict:
@@ -165,7 +187,6 @@ def save_compile_cache(path, identity: dict) -> int:
     """What ``torch.compile`` compiled in this process, as torch.compiler's portable cache ("mega-cache": Inductor's
     FX graphs and Triton kernels, AOTAutograd's graphs, autotuning results), written to ``path`` with ``identity``
     beside it (``.json``). Written to a temporary name and renamed. → its size in bytes."""
-    import json
     from pathlib import Path
 
     saved = torch.compiler.save_cache_artifacts()
@@ -174,22 +195,19 @@ def save_compile_cache(path, identity: dict) -> int:
     path = Path(path)
     tmp = path.with_name(f".tmp.{path.name}")
     tmp.write_bytes(saved[0])
-    path.with_name(path.name + AOT_META_SUFFIX).write_text(json.dumps(identity, indent=1) + "\n")
-    tmp.replace(path)
+    publish(tmp, path, identity)
     return len(saved[0])
 
 
 def load_compile_cache(path, identity: dict) -> str:
     """Seed this process's compile caches from ``path`` (``save_compile_cache``'s) where it was saved for
     ``identity``, so that ``torch.compile`` finds its graphs and kernels compiled; → "" where it did, else why not."""
-    import json
     from pathlib import Path
 
     path = Path(path)
-    meta_path = path.with_name(path.name + AOT_META_SUFFIX)
-    if not path.exists() or not meta_path.exists():
+    saved = identity_beside(path)
+    if saved is None:
         return f"no compile cache {path.name}"
-    saved = json.loads(meta_path.read_text())
     for key in identity:
         if saved.get(key) != identity[key]:
             return f"the compile cache {path.name} was made for {key} {saved.get(key)}, this is {identity[key]}"
@@ -197,7 +215,7 @@ def load_compile_cache(path, identity: dict) -> str:
         loaded = torch.compiler.load_cache_artifacts(path.read_bytes())
         why = "" if loaded is not None else "torch.compiler could not read it"
     except Exception as error:
-        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+        why = first_line(error)
     return f"the compile cache {path.name} does not load: {why}" if why else ""
 
 
@@ -213,14 +231,12 @@ def warm_compile_cache(model: torch.nn.Module, input_chw, max_batch: int, device
 def load_ahead(path, device, dtype, input_chw, max_batch: int):
     """(the compiled package as a callable, "") where ``path`` was built for this torch, this GPU, this input and
     batch; else (None, why not)."""
-    import json
     from pathlib import Path
 
     path = Path(path)
-    meta_path = path.with_name(path.name + AOT_META_SUFFIX)
-    if not path.exists() or not meta_path.exists():
+    meta = identity_beside(path)
+    if meta is None:
         return None, f"no ahead-of-time package {path.name} (make build-engines DEVICE=gpu builds it on a GPU host)"
-    meta = json.loads(meta_path.read_text())
     here = {**device_identity(device), "dtype": str(dtype).replace("torch.", ""), "input": list(input_chw)}
     for key, label in (("torch", "torch"), ("capability", "compute capability"), ("dtype", "dtype"), ("input", "input")):
         if meta.get(key) != here[key]:
@@ -230,7 +246,7 @@ def load_ahead(path, device, dtype, input_chw, max_batch: int):
     try:
         compiled = torch._inductor.aoti_load_package(str(path))
     except Exception as error:  # a package of another build of torch, a missing library: compile at load instead
-        return None, f"{path.name} does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        return None, f"{path.name} does not load: {first_line(error)}"
     compiled.cuda_graphs = bool(meta.get("cuda_graphs"))
     return compiled, ""
 
@@ -265,13 +281,14 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
                     f"ready in {time.perf_counter() - started:.1f} s", False)
                 return runner, "aot"
             except Exception as error:
-                why_not = f"the ahead-of-time package failed its first runs: {str(error).splitlines()[0]}"
+                why_not = f"the ahead-of-time package failed its first runs: {first_line(error)}"
+        cache_there = cache_path is not None and identity_beside(cache_path) is not None
         why_no_cache = (load_compile_cache(cache_path, compile_identity(device, dtype, input_chw, max_batch, mode))
-                        if cache_path else "no compile cache")
+                        if cache_there else "no compile cache")
         how = "from the build's compile cache" if not why_no_cache else "which takes minutes"
         if why_not:
             log(f"{why_not}; compiling at load (torch.compile {mode}), {how}", True)
-        if why_no_cache and not why_no_cache.startswith("no compile cache"):  # one there, but not for this
+        if why_no_cache and cache_there:  # one there, but not for this torch, GPU or shape
             log(f"{why_no_cache}: compiling from scratch", True)
         try:
             runner = GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch,
