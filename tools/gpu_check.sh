@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU path on the GPU machine (the `device` tool, carrying .device from tools/gpu_bundle.sh):
-#   bash tools/gpu_check.sh [tests|profile|bench|ready|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
+#   bash tools/gpu_check.sh [tests|profile|bench|batching|ready|agreement|rect|all|multigpu|instances|steps|handover] [bench args...]
 # tests: tests/gpu; bench: the GPU preset's YOLOv7-640 (RUNTIME=torch, GPU pre/post; the detector compiled ahead of
 # time by make build-engines) and its CPU twin on one tritonserver: the build's and the start's seconds,
 # tools/bench.py (cases a-e), then tools/eval.py's agreement of the GPU ensemble with the CPU twin on the
-# scikit-image photos; ready: the GPU preset's build (ahead-of-time package, else compile cache) and server start,
-# timed; agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime
+# scikit-image photos (EVAL=off skips it); batching: the same, with the detector's batch settings swept first on that
+# server (tools/batching.py; SWEEP_ARGS its flags) and the bench run on the fastest; ready: the GPU preset's build
+# (ahead-of-time package, else compile cache) and server start, timed; agreement: the GPU preset's ensemble (FP16) scored by tools/eval.py against the CPU preset's (onnxruntime
 # FP32, CPU pre/post) served by a second tritonserver on ports 9000-9002, same weights; rect: case (b) with 1920×1080
 # and 1280×720 frames, the GPU preset on the fixed square, then with rectangular inference (tools/scaling.py);
 # multigpu: the ensemble (case b) on GPU 0 alone, then on every GPU, and tools/scaling.py; instances: (a) and (b)
@@ -68,20 +69,27 @@ fi
 if [[ $what == profile || $what == all ]]; then
   python -m tools.gpu_profile --out "$OUT" 2>&1 | tail -8
 fi
-if [[ $what == bench || $what == all ]]; then
+if [[ $what == bench || $what == batching || $what == all ]]; then
   repo=/tmp/bench_repository
   build_and_start $repo "$OUT/server.log" "$OUT/bench.log" --cpu-twin ${GPU_INSTANCES:+--gpu-instances $GPU_INSTANCES} \
     ${GPU_QUEUE_DELAY_US:+--gpu-queue-delay-us $GPU_QUEUE_DELAY_US} ${TORCH_COMPILE:+--torch-compile $TORCH_COMPILE} || exit 1
+  if [[ $what == batching ]]; then  # the detector's batch settings swept on this server; the bench measures the best
+    python -m tools.batching -u localhost:8001 -m yolov7 --out /tmp/batching --keep-best ${SWEEP_ARGS:-} > /tmp/batching.log 2>&1
+    grep -v "it/s\]" /tmp/batching.log | tail -16 | tee -a "$OUT/batching.log"
+    cp /tmp/batching/batching.json /tmp/batching/batching.png "$OUT/" 2>/dev/null
+  fi
   mkdir -p /tmp/bench
   # the device tool brings back few files: raw perf_analyzer CSVs stay in /tmp, the summary goes to $OUT
   python -m tools.bench -u localhost:8001 -m yolov7 --repository $repo --out /tmp/bench "$@" > /tmp/bench.log 2>&1
   cp /tmp/bench/bench.json /tmp/bench/stats.json "$OUT/" 2>/dev/null
   grep -v "it/s\]" /tmp/bench.log | tail -40 | tee -a "$OUT/bench.log"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-  photos=$(python3 -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")' 2>/dev/null || echo tests/fixtures)
-  python3 -m tools.eval -u localhost:8001 -m yolov7_e2e --images "$photos" --reference yolov7_e2e_cpu --out /tmp/eval \
-    > /tmp/eval.log 2>&1; grep -v "it/s\]" /tmp/eval.log | tail -6 | tee -a "$OUT/bench.log"
-  cp /tmp/eval/metrics.json "$OUT/eval_metrics.json" 2>/dev/null
+  if [[ ${EVAL:-on} == on ]]; then  # EVAL=off: the bench alone
+    photos=$(python3 -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data")' 2>/dev/null || echo tests/fixtures)
+    python3 -m tools.eval -u localhost:8001 -m yolov7_e2e --images "$photos" --reference yolov7_e2e_cpu --out /tmp/eval \
+      > /tmp/eval.log 2>&1; grep -v "it/s\]" /tmp/eval.log | tail -6 | tee -a "$OUT/bench.log"
+    cp /tmp/eval/metrics.json "$OUT/eval_metrics.json" 2>/dev/null
+  fi
   stop_server "$OUT/server.log"
 fi
 if [[ $what == ready ]]; then

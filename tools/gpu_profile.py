@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     model.fuse()
     model = gpu_det.prepare_for_gpu(model, device, torch.float16)
     started = time.perf_counter()
-    runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile, len(set(args.batches))), (3, *spec.input_size),
+    runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile), (3, *spec.input_size),
                              max(args.batches), device, torch.float16, buckets=args.batches)
     setup_s = time.perf_counter() - started
     print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; CUDA graphs for {runner.buckets})", flush=True)

@@ -488,14 +488,28 @@ def test_python_stub_killed_under_load(repository, log_dir, data):
 def test_serve_stops_loudly_when_a_stub_dies(repository, log_dir):
     """`make serve` (tools/serve.py) does what Triton does not: a Python backend stub killed while the server is
     ready stops the server with exit code 3 and a FATAL line naming the instance, so that a supervisor restarts it,
-    instead of a READY model failing part of its requests forever. A normal Ctrl-C stop is not mistaken for it."""
+    instead of a READY model failing part of its requests forever. Neither a reload with fewer instances nor a
+    normal Ctrl-C stop is mistaken for it."""
+    import json
+
+    import tritonclient.grpc as grpcclient
+
     log = log_dir / "serve_watchdog.log"
-    process, _ = start_serve(repository, log, "--profile", "open")
+    process, ports = start_serve(repository, log, "--profile", "open")
     try:
-        stubs = python_stubs(_server_child(process.pid))
         time.sleep(3)  # the watchdog polls every second: let it see the ready server's stubs once
+        # a reload with fewer instances (a config override, as tools/batching.py loads) is no death: instance 0_1's
+        # stub goes for good, the server stays up
+        preprocess = f"{SMALL.name}_preprocess"
+        client = grpcclient.InferenceServerClient(f"localhost:{ports['grpc']}")
+        config = client.get_model_config(preprocess, as_json=True)["config"]
+        config["instance_group"][0]["count"] = 1
+        client.load_model(preprocess, config=json.dumps(config))
+        time.sleep(4)
+        stubs = python_stubs(_server_child(process.pid))
+        assert process.poll() is None and f"{preprocess}_0_1" not in stubs, log.read_text(errors="replace")[-2000:]
         started = time.monotonic()
-        os.kill(stubs["yolov7_small_preprocess_0_1"][0], signal.SIGKILL)
+        os.kill(stubs[f"{preprocess}_0_0"][0], signal.SIGKILL)  # the reloaded model's stub: still watched
         code = process.wait(60)
         took = time.monotonic() - started
     finally:
@@ -503,7 +517,7 @@ def test_serve_stops_loudly_when_a_stub_dies(repository, log_dir):
     text = log.read_text(errors="replace")
     measured("serve.py after a stub was killed", exit_code=code, seconds=round(took, 1))
     assert code == 3, text[-2000:]
-    assert "FATAL: the Python backend stub of model instance yolov7_small_preprocess_0_1" in text
+    assert "FATAL: the Python backend stub of model instance yolov7_small_preprocess_0_0" in text
     assert took < 40
 
     # a hang-up (terminal closed) stops the server cleanly too, and is not taken for a death

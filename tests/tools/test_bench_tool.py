@@ -71,3 +71,38 @@ def test_handover_probe_runs_on_the_host(tmp_path):
         assert row["handover_ms"] >= row["consumer_infer_ms"] > 0  # the parts add up to the total
     assert set(report["server_log_pool_warnings"].values()) == {0}
     assert (out / "handover.png").read_bytes()[:4] == b"\x89PNG" and len((out / "handover.csv").read_text().splitlines()) == 3
+
+
+def test_batching_sweep_serves_each_setting_and_restores_the_first(repository, tmp_path):
+    """tools/batching.py: each setting is the config the server then serves (read back from it), measured through
+    the ensemble with real perf_analyzer; the detector's first config is served again afterwards. Its own server,
+    with explicit model control as `make serve` runs it (a reload needs it)."""
+    import tritonclient.grpc as grpcclient
+
+    from yolo_triton.serving.triton import TritonServer
+
+    model = TORCH_SPECS[0].name
+    explicit = ["--model-control-mode=explicit", f"--load-model={TORCH_SPECS[0].ensemble_name}"]
+    with TritonServer(repository, log_path=tmp_path / "triton.log", extra=explicit) as server:
+        sweep(server, model, tmp_path)
+
+
+def sweep(server, model, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    first = client.get_model_config(model, as_json=True)["config"]
+    command = [sys.executable, "-m", "tools.batching", "-u", server.grpc_url, "-m", model, "--concurrency", "2",
+               "--settings", "no-preferred", "delay-1000us", "--measurement-ms", "1000", "--stability", "100",
+               "--retries", "3", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "batching.json").read_text())
+    assert report["failures"] == [], report["failures"]
+    unpreferred, delayed = report["rows"]
+    # an empty list, which Triton fills with max_batch_size
+    assert unpreferred["preferred"] == [int(first["max_batch_size"])] and delayed["delay_us"] == 1000
+    assert delayed["preferred"] == [int(b) for b in first["dynamic_batching"]["preferred_batch_size"]]
+    assert all(r["throughput_img_s"] > 0 and r["images_per_execution"] >= 1 for r in report["rows"])
+    assert client.get_model_config(model, as_json=True)["config"] == first
+    assert (tmp_path / "batching.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,19 +17,20 @@ from ..helpers import ROOT
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="Inductor compiles C++ on the CPU: no C compiler here")
 
-# a small convolutional network compiled as the server compiles the detector (static shapes, one graph per batch)
+# a small convolutional network compiled as the server compiles the detector (compile_detector: batch 1, then one
+# graph for every larger batch), at three batch sizes
 SCRIPT = """
 import json, sys, torch
 from torch._dynamo.utils import counters
-from yolo_triton.pipeline.gpu_detector import load_compile_cache, save_compile_cache
+from yolo_triton.pipeline.gpu_detector import compile_detector, load_compile_cache, save_compile_cache
 action, path = sys.argv[1], sys.argv[2]
 identity = json.loads(sys.argv[3])
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)).eval()
 why = load_compile_cache(path, identity) if action == "load" else ""
-compiled = torch.compile(net, dynamic=False)
+compiled = compile_detector(net, "default")
 with torch.no_grad():
-    equal = all(torch.allclose(compiled(x), net(x), atol=1e-5) for x in (torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16)))
+    equal = all(torch.allclose(compiled(x), net(x), atol=1e-5) for x in (torch.rand(b, 3, 16, 16) for b in (1, 2, 3)))
 size = save_compile_cache(path, identity) if action == "save" else 0
 print(json.dumps({"why": why, "equal": equal, "size": size, "inductor": dict(counters["inductor"])}))
 """
@@ -48,12 +49,13 @@ def run(action, path, tmp_path, identity=IDENTITY):
 def test_compile_cache_saved_by_one_process_spares_the_next_its_compiling(tmp_path):
     path = tmp_path / "model.compile-cache"
     saved = run("save", path, tmp_path)
+    # two graphs for three batch sizes: batch 1, and the dynamic batch that serves 2 and 3
     assert saved["equal"] and saved["size"] > 0 and saved["inductor"].get("fxgraph_cache_miss") == 2, saved
     assert json.loads(path.with_name(path.name + ".json").read_text()) == IDENTITY
 
     loaded = run("load", path, tmp_path)
     assert loaded["why"] == "" and loaded["equal"], loaded
-    # both batch sizes' graphs found compiled in the cache the file seeded; nothing compiled again
+    # both graphs found compiled in the cache the file seeded; nothing compiled again
     assert loaded["inductor"].get("fxgraph_cache_hit") == 2 and not loaded["inductor"].get("fxgraph_cache_miss"), loaded
 
     other = {**IDENTITY, "torch": "another one"}

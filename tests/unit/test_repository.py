@@ -139,3 +139,13 @@ def test_rect_configs_take_any_shape_and_families_without_it_refuse():
     assert preprocess_config(rect, gpu).parameters["rect_buckets"].string_value == pre.parameters["rect_buckets"].string_value
     with pytest.raises(ValueError, match="square input_size"):
         specs.YOLOV4.with_overrides(rect=True)
+
+
+def test_cuda_graph_buckets_are_the_batch_sizes_the_batcher_prefers():
+    """The GPU detector captures a CUDA graph for each preferred batch size (and the largest batch); where the
+    config prefers none — Triton then fills in max_batch_size alone — the powers of two, not one graph of 32."""
+    from yolo_triton.pipeline.gpu_detector import graph_buckets
+
+    assert graph_buckets([1, 2, 4, 8, 12, 16, 24], 32) == [1, 2, 4, 8, 12, 16, 24, 32]
+    assert graph_buckets([32], 32) == graph_buckets([], 32) == [1, 2, 4, 8, 16, 32]
+    assert graph_buckets([4, 64, 0], 16) == [4, 16]

@@ -6,7 +6,7 @@ Where the time goes and what each step gained, measured: docs/gpu.md.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -15,14 +15,14 @@ from ..placement import batch_buckets
 
 class GraphRunner:
     """CUDA graphs of ``model`` per input shape and batch bucket (1, 2, 4, … up to ``max_batch``, or the
-    ``buckets`` given) over static input/output buffers. ``input_chw``: the input's C×H×W, or a list of them
+    ``buckets`` given and ``max_batch``) over static input/output buffers. ``input_chw``: the input's C×H×W, or a list of them
     (rectangular inference: one set of graphs per shape bucket)."""
 
     def __init__(self, model, input_chw, max_batch: int, device, dtype, buckets: Optional[Sequence[int]] = None,
                  capture_error_mode: str = "global"):
         self.model, self.device, self.dtype = model, device, dtype
         self.shapes = [tuple(input_chw)] if isinstance(input_chw[0], int) else [tuple(s) for s in input_chw]
-        self.buckets = sorted(set(buckets)) if buckets else batch_buckets(max_batch)
+        self.buckets = sorted(set(buckets) | {max_batch}) if buckets else batch_buckets(max_batch)
         self.inputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.outputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.graphs: Dict[Tuple[tuple, int], torch.cuda.CUDAGraph] = {}
@@ -59,12 +59,19 @@ class GraphRunner:
         return results[0] if len(results) == 1 else torch.cat(results)
 
 
-def compile_detector(model: torch.nn.Module, mode: str, variants: int) -> torch.nn.Module:
-    """``model`` through ``torch.compile`` (Inductor), or as is for mode "off". Static shapes: one compile per batch
-    bucket (``variants`` of them), each then captured in its CUDA graph by :class:`GraphRunner`.
+def graph_buckets(preferred: Sequence[int], max_batch: int) -> List[int]:
+    """The batch sizes to capture a CUDA graph for: those the batcher prefers (the config's preferred batch sizes),
+    so that its batches run unpadded, and ``max_batch``; ``batch_buckets`` where it prefers none (Triton fills an
+    empty list with ``max_batch`` alone, which would pad every batch to it)."""
+    sizes = sorted({b for b in preferred if 0 < b <= max_batch} | {max_batch})
+    return sizes if len(sizes) > 1 else batch_buckets(max_batch)
 
-    Inductor fuses the activations, additions and concatenations around cuDNN's convolutions into few kernels, for
-    tens of seconds of compiling per bucket at load; what it gains, measured: docs/gpu.md."""
+
+def compile_detector(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``model`` through ``torch.compile`` (Inductor), or as is for mode "off". The batch is dynamic, the image size
+    static: Inductor compiles two graphs, batch 1 and every batch from 2 up (Dynamo specialises sizes 0 and 1), and
+    :class:`GraphRunner` captures each batch bucket's CUDA graph from them. One graph per bucket instead cost the
+    server minutes at load (a compile per bucket); what compiling gains, measured: docs/gpu.md."""
     if mode == "off":
         return model
     import os
@@ -73,7 +80,8 @@ def compile_detector(model: torch.nn.Module, mode: str, variants: int) -> torch.
 
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, variants + 1)
+    # batch 1, then the dynamic batch (and a spare): the dynamic graph is compiled at the second batch size seen
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 3)
     if not os.path.basename(sys.executable or "").startswith("python"):
         # Inside Triton's Python backend the interpreter is embedded in the stub binary, which is what
         # sys.executable names; Inductor starts its compile workers with sys.executable: give it the interpreter
@@ -85,7 +93,9 @@ def compile_detector(model: torch.nn.Module, mode: str, variants: int) -> torch.
             import torch._inductor.config
 
             torch._inductor.config.compile_threads = 1
-    return torch.compile(model, mode=mode, dynamic=False)
+    # dynamic=None: static until a size changes, then that dimension dynamic (Dynamo's automatic dynamic shapes);
+    # only the batch ever changes here, so the image size stays static and its kernels specialised
+    return torch.compile(model, mode=mode, dynamic=None)
 
 
 def prepare_for_gpu(model: torch.nn.Module, device, dtype=torch.float16) -> torch.nn.Module:
@@ -180,7 +190,7 @@ def compile_ahead(model: torch.nn.Module, input_chw, max_batch: int, device, dty
 def compile_identity(device, dtype, input_chw, max_batch: int, mode: str) -> dict:
     """What a compile cache is tied to: ``device_identity`` and what was compiled (mode, dtype, input, batches)."""
     return {**device_identity(device), "mode": mode, "dtype": str(dtype).replace("torch.", ""),
-            "input": list(input_chw), "max_batch": max_batch}
+            "input": list(input_chw), "max_batch": max_batch, "batch": "dynamic"}
 
 
 def save_compile_cache(path, identity: dict) -> int:
@@ -224,7 +234,7 @@ def warm_compile_cache(model: torch.nn.Module, input_chw, max_batch: int, device
     :class:`GraphRunner` over every batch bucket), and what that compiled saved to ``path``
     (``save_compile_cache``): the build's stand-in for an ahead-of-time package where AOTInductor's fails, so that
     the server's compile at load finds it all compiled. → the cache's size in bytes."""
-    GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch, device, dtype)
+    GraphRunner(compile_detector(model, mode), input_chw, max_batch, device, dtype)
     return save_compile_cache(path, compile_identity(device, dtype, input_chw, max_batch, mode))
 
 
@@ -252,7 +262,7 @@ def load_ahead(path, device, dtype, input_chw, max_batch: int):
 
 
 def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, aot_path, log,
-                    cache_path=None):
+                    cache_path=None, buckets: Optional[Sequence[int]] = None):
     """What the server runs for the prepared detector, and `make bench` (e) measures: CUDA graphs per batch bucket
     over the ahead-of-time package where it fits; else over ``torch.compile`` at load (mode ≠ "off"), from the
     build's compile cache ``cache_path`` where it fits (``warm_compile_cache``); else over the network as is. Each
@@ -260,7 +270,9 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
     → (GraphRunner, how it was compiled: "aot", the torch.compile mode, or "off").
 
     ``input_chw`` a list of shapes (rectangular inference): CUDA graphs of the network as is, per shape and batch
-    bucket — compiling each of them would multiply the minutes of compiling by the number of shapes."""
+    bucket — compiling each of them would multiply the minutes of compiling by the number of shapes. ``buckets``:
+    the batch sizes with a CUDA graph (default ``batch_buckets(max_batch)``; the served detector's are its config's
+    preferred batch sizes)."""
     import time
 
     started = time.perf_counter()
@@ -273,7 +285,8 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
         if compiled is not None:
             try:
                 if compiled.cuda_graphs:
-                    runner = GraphRunner(compiled, input_chw, max_batch, device, dtype, capture_error_mode="relaxed")
+                    runner = GraphRunner(compiled, input_chw, max_batch, device, dtype, buckets,
+                                         capture_error_mode="relaxed")
                 else:  # its runtime cannot be captured (the build tried): called as it is
                     runner = DirectRunner(compiled, max_batch, device, dtype)
                     runner(torch.rand((1, *input_chw), device=device, dtype=dtype))
@@ -291,8 +304,7 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
         if why_no_cache and cache_there:  # one there, but not for this torch, GPU or shape
             log(f"{why_no_cache}: compiling from scratch", True)
         try:
-            runner = GraphRunner(compile_detector(model, mode, len(batch_buckets(max_batch))), input_chw, max_batch,
-                                 device, dtype)
+            runner = GraphRunner(compile_detector(model, mode), input_chw, max_batch, device, dtype, buckets)
             log(f"torch.compile ({mode}) and CUDA graphs ready in {time.perf_counter() - started:.0f} s"
                 f"{'' if why_no_cache else ', ' + how}", False)
             return runner, mode
@@ -301,4 +313,4 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
             reason = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
             log(f"torch.compile ({mode}) failed, serving the uncompiled detector: {reason[-1]}", True)
             torch._dynamo.reset()
-    return GraphRunner(model, input_chw, max_batch, device, dtype), "off"
+    return GraphRunner(model, input_chw, max_batch, device, dtype, buckets), "off"

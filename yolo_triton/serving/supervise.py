@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import re
 import signal
@@ -48,16 +49,18 @@ class StubWatchdog(threading.Thread):
     Triton 2.51 neither restarts a stub that dies (OOM killer, a crash in native code) nor marks its model
     unready: requests routed to that instance fail with "Stub process … is not healthy" for as long as the server
     runs, while health checks pass (measured in tests/server/test_resilience.py). Not deaths: a model reloaded (its
-    instances come back under the same names, new pids), unloaded or the server shutting down (the model is not
-    ready then), and the short-lived stubs the backend runs while loading (named after the model, not an
-    instance). A stub must be missing at two polls in a row (``interval`` apart). ``model_ready(model)`` answers
-    True, False (the server says not ready or unknown) or None (no answer: busy host, HTTP off) — None is no
-    evidence either way, so the stub stays watched. ``regions``: the shared-memory regions of the stubs seen, for
-    the caller to remove after a server that had to be killed."""
+    instances come back under the same names, new pids), reloaded with fewer instances, unloaded or the server
+    shutting down (the instance is not among those Triton serves then), and the short-lived stubs the backend runs
+    while loading (named after the model, not an instance). A stub must be missing at two polls in a row
+    (``interval`` apart). ``served_instances(model)`` answers the instance names Triton serves for the model (none
+    where it is not ready) or None (no answer: busy host, HTTP off) — None is no evidence either way, so the stub
+    stays watched. ``regions``: the shared-memory regions of the stubs seen, for the caller to remove after a server
+    that had to be killed."""
 
-    def __init__(self, server_pid: int, model_ready, on_death, interval: float = 1.0):
+    def __init__(self, server_pid: int, served_instances, on_death, interval: float = 1.0):
         super().__init__(name="stub-watchdog", daemon=True)
-        self.server_pid, self.model_ready, self.on_death, self.interval = server_pid, model_ready, on_death, interval
+        self.server_pid, self.served_instances, self.on_death = server_pid, served_instances, on_death
+        self.interval = interval
         self._stop_event = threading.Event()
         self.regions: set = set()
 
@@ -70,11 +73,11 @@ class StubWatchdog(threading.Thread):
             current = {name: pid for name, (pid, _) in stubs.items() if INSTANCE_NAME.match(name)}
             seen.update(current)
             for name in [n for n in seen if n not in current]:
-                ready = self.model_ready(INSTANCE_NAME.match(name)["model"])
-                if ready is None:
+                served = self.served_instances(INSTANCE_NAME.match(name)["model"])
+                if served is None:
                     continue  # no answer: ask again at the next poll
-                if not ready:
-                    seen.pop(name), missing.pop(name, None)  # unloaded, reloading or shutting down
+                if name not in served:  # unloaded, reloading, reloaded with fewer instances, or shutting down
+                    seen.pop(name), missing.pop(name, None)
                     continue
                 missing[name] = missing.get(name, 0) + 1
                 if missing[name] >= 2 and not self._stop_event.is_set():
@@ -87,15 +90,19 @@ class StubWatchdog(threading.Thread):
         self._stop_event.set()
 
 
-def model_ready(url: str) -> Optional[bool]:
-    """Triton's answer to a model readiness URL: True, False (answered, not ready), None (no answer)."""
+def served_instances(base_url: str, model: str) -> Optional[set]:
+    """The instances Triton serves for ``model`` (``<model>_<group>_<index>``, from its config's instance groups);
+    an empty set where it answers that the model is not ready or unknown; None where it does not answer."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except urllib.error.HTTPError:
-        return False  # 400/404/503: answered, not ready or not known
-    except OSError:
+        with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=5):
+            pass
+        with urllib.request.urlopen(f"{base_url}/v2/models/{model}/config", timeout=5) as response:
+            groups = json.load(response).get("instance_group", [])
+    except urllib.error.HTTPError as error:  # 400/404/503: answered, not ready or not known; 401/403: no evidence
+        return None if error.code in (401, 403) else set()
+    except (OSError, ValueError):
         return None
+    return {f"{model}_{g}_{i}" for g, group in enumerate(groups) for i in range(int(group.get("count", 1)))}
 
 
 try:  # looked up here, not in the forked child (no imports or locks there)
@@ -152,8 +159,8 @@ def supervise(command: Sequence[str], env: Optional[dict] = None, http_port: int
         threading.Timer(KILL_AFTER_S, lambda: server.poll() is None and os.killpg(server.pid, signal.SIGKILL)).start()
 
     if watch and not received:
-        model_url = f"http://127.0.0.1:{http_port}/v2/models/{{}}/ready"
-        watchdog = StubWatchdog(server.pid, lambda model: model_ready(model_url.format(model)), stub_died)
+        base_url = f"http://127.0.0.1:{http_port}"
+        watchdog = StubWatchdog(server.pid, lambda model: served_instances(base_url, model), stub_died)
         watchdog.start()
     try:
         code = server.wait()

@@ -4,11 +4,11 @@ The weights are the artifact ``python -m build.create_onnx --save-torch`` wrote 
 a GPU instance: FP16, channels_last, cuDNN autotuning, compiled — the ahead-of-time package `make build-engines`
 built (``model.pt2``, AOTInductor) where it fits this GPU and torch, else ``torch.compile`` at load (config parameter
 torch_compile, from the placement; "off" loads fast and uncompiled; every fallback said in the log) — and one CUDA
-graph per batch bucket (1, 2, 4, … up to max_batch_size; a batch runs in the smallest
-bucket that holds it), compiled and captured at load so that no request pays for it. With rectangular inference,
-graphs per shape bucket and batch bucket, of the uncompiled network. On a CPU instance (a host
-without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a GPU preprocess hands its tensor
-over without a host copy. Output: FP32 raw grid, as the ONNX's.
+graph per batch bucket (the config's preferred batch sizes and max_batch_size, else 1, 2, 4, … up to
+max_batch_size; a batch runs in the smallest bucket that holds it), compiled and captured at load so that no
+request pays for it. With rectangular inference, graphs per shape bucket and batch bucket, of the uncompiled
+network. On a CPU instance (a host without GPU, and the CI): FP32, eager. Inputs and outputs move by DLPack, so a
+GPU preprocess hands its tensor over without a host copy. Output: FP32 raw grid, as the ONNX's.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from yolo_triton import specs
-from yolo_triton.pipeline.gpu_detector import detector_runner, prepare_for_gpu
+from yolo_triton.pipeline.gpu_detector import detector_runner, graph_buckets, prepare_for_gpu
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
 from .common import (StepTimes, config_parameters, error_response, groups_by_shape, input_tensor, logger,
@@ -46,12 +46,14 @@ class TritonPythonModel:
             version = os.path.join(args["model_repository"], args["model_version"])
             # rectangular inference: graphs for every shape bucket the preprocess may send
             shapes = [(3, *hw) for hw in spec.rect_buckets()] if spec.rect else (3, *spec.input_size)
+            preferred = [int(b) for b in config.get("dynamic_batching", {}).get("preferred_batch_size", [])]
             self.runner, self.compiled = detector_runner(model, shapes, self.max_batch_size, self.device,
                                                          self.dtype, params["torch_compile"],
                                                          os.path.join(version, params["aot_file"]),
                                                          lambda message, warn: (logger.warning if warn else logger.info)(
                                                              "%s: %s", name, message),
-                                                         os.path.join(version, params["compile_cache_file"]))
+                                                         os.path.join(version, params["compile_cache_file"]),
+                                                         graph_buckets(preferred, self.max_batch_size))
         logger.info("%s: %s on %s, %s, compiled %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
                     self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
         self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"], self.device)
