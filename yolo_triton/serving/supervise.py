@@ -32,10 +32,11 @@ KILL_AFTER_S = 20  # a server with a dead stub cannot unload that model: its cle
 
 
 def python_stubs(server_pid: int) -> dict:
-    """The Python backend stub processes of one tritonserver (its children only, never another server's):
-    model instance name (e.g. ``yolov7_small_preprocess_0_0``, an argument of the stub's command line) → (pid,
-    the stub's shared-memory region name). A dead stub not yet reaped (a zombie) has no command line: not listed."""
-    return {stub_instance(argv): (pid, stub_region(argv)) for pid, argv in children(server_pid).items()
+    """The Python backend stub processes of one tritonserver (its children only, never another server's): pid →
+    (model instance name, e.g. ``yolov7_small_preprocess_0_0``, an argument of the stub's command line; the stub's
+    shared-memory region name). Keyed by pid: while a model reloads, an old and a new stub share an instance name.
+    A dead stub not yet reaped (a zombie) has no command line: not listed."""
+    return {pid: (stub_instance(argv), stub_region(argv)) for pid, argv in children(server_pid).items()
             if stub_instance(argv)}
 
 
@@ -43,66 +44,70 @@ INSTANCE_NAME = re.compile(r"^(?P<model>.+)_(?P<group>\d+)_(?P<index>\d+)$")  # 
 
 
 class StubWatchdog(threading.Thread):
-    """Calls ``on_death(instance, pid)`` when the Python backend stub of a model instance is gone while its model
-    is still READY.
+    """Calls ``on_death(instance, pid)`` when a Python backend stub is gone while its model is still READY with as
+    many instances as before.
 
     Triton 2.51 neither restarts a stub that dies (OOM killer, a crash in native code) nor marks its model
     unready: requests routed to that instance fail with "Stub process … is not healthy" for as long as the server
-    runs, while health checks pass (measured in tests/server/test_resilience.py). Not deaths: a model reloaded (its
-    instances come back under the same names, new pids), reloaded with fewer instances, unloaded or the server
-    shutting down (the instance is not among those Triton serves then), and the short-lived stubs the backend runs
-    while loading (named after the model, not an instance). A stub must be missing at two polls in a row
-    (``interval`` apart). ``served_instances(model)`` answers the instance names Triton serves for the model (none
-    where it is not ready) or None (no answer: busy host, HTTP off) — None is no evidence either way, so the stub
-    stays watched. ``regions``: the shared-memory regions of the stubs seen, for the caller to remove after a server
-    that had to be killed."""
+    runs, while health checks pass (measured in tests/server/test_resilience.py). Counted per model, not by
+    instance name: a reload that changes only the instance count updates the model in place, and the instance
+    Triton keeps may be ``…_0_1`` while the new config names ``…_0_0`` (measured: it keeps either). So a death is
+    a model with fewer live stubs than ``served_count(model)`` — the instances Triton serves for it, 0 where it is
+    not ready (unloaded, or the server shutting down) — at two polls in a row (``interval`` apart). A reload with
+    fewer instances lowers that count first; a full reload starts the new stubs before the old ones go. The
+    short-lived stubs the backend runs while loading (named after the model, not an instance) are not counted.
+    ``served_count`` answers None where the server does not answer (busy host, HTTP off): no evidence either way,
+    asked again at the next poll. ``regions``: the shared-memory regions of the stubs seen, for the caller to
+    remove after a server that had to be killed."""
 
-    def __init__(self, server_pid: int, served_instances, on_death, interval: float = 1.0):
+    def __init__(self, server_pid: int, served_count, on_death, interval: float = 1.0):
         super().__init__(name="stub-watchdog", daemon=True)
-        self.server_pid, self.served_instances, self.on_death = server_pid, served_instances, on_death
+        self.server_pid, self.served_count, self.on_death = server_pid, served_count, on_death
         self.interval = interval
         self._stop_event = threading.Event()
         self.regions: set = set()
 
     def run(self) -> None:
-        seen: dict = {}  # instance → pid of its stub
-        missing: dict = {}  # instance → polls at which it was missing
+        seen: dict = {}  # model → {pid: instance name}: its stubs at the last poll that accounted for all of them
+        short: dict = {}  # model → polls in a row at which it had fewer live stubs than served instances
         while not self._stop_event.wait(self.interval):
-            stubs = python_stubs(self.server_pid)
-            self.regions.update(region for _, region in stubs.values() if region)
-            current = {name: pid for name, (pid, _) in stubs.items() if INSTANCE_NAME.match(name)}
-            seen.update(current)
-            for name in [n for n in seen if n not in current]:
-                served = self.served_instances(INSTANCE_NAME.match(name)["model"])
+            live: dict = {}  # model → {pid: instance name}
+            for pid, (name, region) in python_stubs(self.server_pid).items():
+                if INSTANCE_NAME.match(name):
+                    live.setdefault(INSTANCE_NAME.match(name)["model"], {})[pid] = name
+                    self.regions.update([region] if region else [])
+            for model in set(seen) | set(live):
+                stubs = live.get(model, {})
+                gone = [pid for pid in seen.get(model, {}) if pid not in stubs]
+                served = self.served_count(model) if gone else 0
                 if served is None:
                     continue  # no answer: ask again at the next poll
-                if name not in served:  # unloaded, reloading, reloaded with fewer instances, or shutting down
-                    seen.pop(name), missing.pop(name, None)
+                if len(stubs) >= served:  # none gone, or gone with their instances (reload, unload, shutdown)
+                    seen[model] = stubs
+                    short.pop(model, None)
                     continue
-                missing[name] = missing.get(name, 0) + 1
-                if missing[name] >= 2 and not self._stop_event.is_set():
-                    self.on_death(name, seen[name])
+                short[model] = short.get(model, 0) + 1
+                if short[model] >= 2 and not self._stop_event.is_set():
+                    self.on_death(seen[model][gone[0]], gone[0])
                     return
-            for name in current:
-                missing.pop(name, None)
 
     def stop(self) -> None:
         self._stop_event.set()
 
 
-def served_instances(base_url: str, model: str) -> Optional[set]:
-    """The instances Triton serves for ``model`` (``<model>_<group>_<index>``, from its config's instance groups);
-    an empty set where it answers that the model is not ready or unknown; None where it does not answer."""
+def served_count(base_url: str, model: str) -> Optional[int]:
+    """How many instances Triton serves for ``model`` (from its config's instance groups, a GPU group once per
+    GPU); 0 where it answers that the model is not ready or unknown; None where it does not answer."""
     try:
         with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=5):
             pass
         with urllib.request.urlopen(f"{base_url}/v2/models/{model}/config", timeout=5) as response:
             groups = json.load(response).get("instance_group", [])
     except urllib.error.HTTPError as error:  # 400/404/503: answered, not ready or not known; 401/403: no evidence
-        return None if error.code in (401, 403) else set()
+        return None if error.code in (401, 403) else 0
     except (OSError, ValueError):
         return None
-    return {f"{model}_{g}_{i}" for g, group in enumerate(groups) for i in range(int(group.get("count", 1)))}
+    return sum(int(group.get("count", 1)) * max(1, len(group.get("gpus", []))) for group in groups)
 
 
 try:  # looked up here, not in the forked child (no imports or locks there)
@@ -160,7 +165,7 @@ def supervise(command: Sequence[str], env: Optional[dict] = None, http_port: int
 
     if watch and not received:
         base_url = f"http://127.0.0.1:{http_port}"
-        watchdog = StubWatchdog(server.pid, lambda model: served_instances(base_url, model), stub_died)
+        watchdog = StubWatchdog(server.pid, lambda model: served_count(base_url, model), stub_died)
         watchdog.start()
     try:
         code = server.wait()
