@@ -20,19 +20,22 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 # a small convolutional network compiled as the server compiles the detector (compile_detector: batch 1, then one
 # graph for every larger batch), at three batch sizes
 SCRIPT = """
-import json, sys, torch
+import json, sys, time, torch
 from torch._dynamo.utils import counters
-from yolo_triton.pipeline.gpu_detector import compile_detector, load_compile_cache, save_compile_cache
+from yolo_triton.pipeline.gpu_detector import compile_detector, compile_seconds, load_compile_cache, save_compile_cache
 action, path = sys.argv[1], sys.argv[2]
 identity = json.loads(sys.argv[3])
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)).eval()
 why = load_compile_cache(path, identity) if action == "load" else ""
 compiled = compile_detector(net, "default")
+started = time.perf_counter()
 with torch.no_grad():
     equal = all(torch.allclose(compiled(x), net(x), atol=1e-5) for x in (torch.rand(b, 3, 16, 16) for b in (1, 2, 3)))
+wall = time.perf_counter() - started
 size = save_compile_cache(path, identity) if action == "save" else 0
-print(json.dumps({"why": why, "equal": equal, "size": size, "inductor": dict(counters["inductor"])}))
+print(json.dumps({"why": why, "equal": equal, "size": size, "inductor": dict(counters["inductor"]),
+                  "seconds": compile_seconds(), "wall": wall}))
 """
 IDENTITY = {"torch": "this one", "device": "cpu", "mode": "default", "input": [3, 16, 16], "max_batch": 2}
 
@@ -52,6 +55,11 @@ def test_compile_cache_saved_by_one_process_spares_the_next_its_compiling(tmp_pa
     # two graphs for three batch sizes: batch 1, and the dynamic batch that serves 2 and 3
     assert saved["equal"] and saved["size"] > 0 and saved["inductor"].get("fxgraph_cache_miss") == 2, saved
     assert json.loads(path.with_name(path.name + ".json").read_text()) == IDENTITY
+
+    # the load log's breakdown: torch's own timers, checked against the wall clock around the calls that compiled
+    spent = saved["seconds"]
+    assert 0 < spent["tracing"] and 0 < spent["inductor"] and spent["tracing"] + spent["inductor"] <= spent["total"]
+    assert spent["total"] <= saved["wall"], saved
 
     loaded = run("load", path, tmp_path)
     assert loaded["why"] == "" and loaded["equal"], loaded
