@@ -326,9 +326,10 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
             runner = GraphRunner(compile_detector(model, mode), input_chw, max_batch, device, dtype, buckets)
             took, spent = time.perf_counter() - started, compile_seconds()
             # which part of the load to shorten: tracing is redone at every load, Inductor's part is what the
-            # compile cache shortens, the rest is running the graphs and capturing them
+            # compile cache shortens, the rest is reading the cache, running the graphs and capturing them
             detail = (f" (Dynamo tracing {spent['tracing']:.1f} s, Inductor {spent['inductor']:.1f} s, the rest — "
-                      f"warm-up runs, CUDA graph capture — {took - spent['total']:.1f} s)" if spent else "")
+                      f"reading the cache, warm-up runs, CUDA graph capture — {took - spent['total']:.1f} s)"
+                      if spent else "")
             log(f"torch.compile ({mode}) and CUDA graphs ready in {took:.0f} s{detail}"
                 f"{'' if why_no_cache else ', ' + how}", False)
             return runner, mode
