@@ -33,7 +33,7 @@ from yolo_triton.client import (
     ServerError,
     ServerUnreachable,
 )
-from yolo_triton.serving.supervise import python_stubs as stubs_by_pid
+from yolo_triton.serving.supervise import python_stubs
 from yolo_triton.serving.triton import TritonServer
 
 from ..helpers import CONF, MODEL, PHOTOS, ROOT, SMALL, assert_matches, child_pids, client_for, start_serve, stop_serve
@@ -398,13 +398,13 @@ def test_server_stopped_under_load_without_retries(pair, repository, log_dir, da
 # ------------------------------------------------------------------------------------------ a backend stub killed
 
 
-def python_stubs(server_pid: int) -> dict:
+def stubs_by_name(server_pid: int) -> dict:
     """The stubs of a server that is not reloading (one per instance name): instance → (pid, shared-memory region)."""
-    return {name: (pid, region) for pid, (name, region) in stubs_by_pid(server_pid).items()}
+    return {name: (pid, region) for pid, (name, region) in python_stubs(server_pid).items()}
 
 
 def _kill_stub(server: TritonServer, instance: str) -> None:
-    stubs = python_stubs(server.process.pid)
+    stubs = stubs_by_name(server.process.pid)
     assert instance in stubs, f"no stub {instance} under server {server.process.pid}: {sorted(stubs)}"
     os.kill(stubs[instance][0], signal.SIGKILL)
 
@@ -417,7 +417,7 @@ def test_python_stub_killed_under_load(repository, log_dir, data):
     gives up with the deadline error. The server then cannot unload the model: a clean stop hangs."""
     images, expected = data
     server = start_server(repository, log_dir, "stub_kill")
-    stubs = python_stubs(server.process.pid)
+    stubs = stubs_by_name(server.process.pid)
     try:
         assert {"yolov7_small_preprocess_0_0", "yolov7_small_preprocess_0_1", "yolov7_small_postprocess_0_0"} <= set(stubs)
 
@@ -430,7 +430,7 @@ def test_python_stub_killed_under_load(repository, log_dir, data):
             results, _ = _stream_while(detector, images, kill_and_watch, after=8)
             failed = answered_once(results, images, expected)
             messages = collections.Counter(str(r.error) for r in failed)
-            alive = python_stubs(server.process.pid)
+            alive = stubs_by_name(server.process.pid)
             ready = model_ready(server)
             measured("preprocess stub 0_0 SIGKILLed (2 instances, no retries)", items=len(results), failed=len(failed),
                      messages=dict(messages), model_ready_after=ready, stub_restarted="yolov7_small_preprocess_0_0" in alive)
@@ -512,7 +512,7 @@ def test_serve_stops_loudly_when_a_stub_dies(repository, log_dir):
         config["instance_group"][0]["count"] = 1
         client.load_model(preprocess, config=json.dumps(config))
         time.sleep(4)
-        stubs = [(name, pid) for pid, (name, _) in stubs_by_pid(_server_child(process.pid, log)).items()
+        stubs = [(name, pid) for pid, (name, _) in python_stubs(_server_child(process.pid, log)).items()
                  if name.startswith(preprocess)]
         assert process.poll() is None and len(stubs) == 1, log.read_text(errors="replace")[-2000:]
         (kept, pid), = stubs

@@ -73,9 +73,11 @@ class StubWatchdog(threading.Thread):
         while not self._stop_event.wait(self.interval):
             live: dict = {}  # model → {pid: instance name}
             for pid, (name, region) in python_stubs(self.server_pid).items():
-                if INSTANCE_NAME.match(name):
-                    live.setdefault(INSTANCE_NAME.match(name)["model"], {})[pid] = name
-                    self.regions.update([region] if region else [])
+                instance = INSTANCE_NAME.match(name)
+                if instance:
+                    live.setdefault(instance["model"], {})[pid] = name
+                if region:
+                    self.regions.add(region)
             for model in set(seen) | set(live):
                 stubs = live.get(model, {})
                 gone = [pid for pid in seen.get(model, {}) if pid not in stubs]
