@@ -17,6 +17,11 @@ is recorded.
 ``--compile default|max-autotune-no-cudagraphs`` puts the detector through ``torch.compile`` (Inductor fuses the
 activations and concatenations around cuDNN's convolutions) before the CUDA graphs are captured, and records the
 set-up time and the largest difference from the uncompiled detector; ``--steps detector`` times that step alone.
+
+``--trace`` also runs each step a few times under ``torch.profiler`` and writes ``gpu_trace.txt``: per step and batch,
+the host's milliseconds per call beside the GPU kernels' (what a step spends launching and waiting rather than
+computing), and the operators that take the most host time. Each postprocess row records how many grid rows per
+image pass the objectness threshold (what the thresholds and NMS then work on).
 """
 from __future__ import annotations
 
@@ -48,6 +53,27 @@ def timed(function, repeats: int) -> float:
         torch.cuda.synchronize()
         samples.append((time.perf_counter() - start) * 1000)
     return statistics.median(samples)
+
+
+def traced(function, calls: int = 5) -> str:
+    """``function()`` run ``calls`` times under torch.profiler (after warm-up): host and GPU-kernel milliseconds per
+    call, then the operators by host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        function()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()  # inside: the profiler's own start is not the step's
+        for _ in range(calls):
+            function()
+        torch.cuda.synchronize()
+        host_ms = (time.perf_counter() - started) * 1000 / calls
+    events = prof.key_averages()
+    kernels_ms = sum(getattr(e, "self_device_time_total", 0) for e in events
+                     if str(getattr(e, "device_type", "")).endswith("CUDA")) / 1000 / calls
+    table = events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60)
+    return f"{host_ms:.3f} ms per call on the host (profiled), {kernels_ms:.3f} ms of GPU kernels per call\n{table}"
 
 
 def nvimgcodec_decode():
@@ -84,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", default="off", choices=TORCH_COMPILE_MODES,
                         help="the detector through torch.compile (Inductor) before its CUDA graphs are captured; its "
                              "output is compared with the uncompiled detector's")
+    parser.add_argument("--trace", action="store_true", help="also profile each step (torch.profiler): gpu_trace.txt")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -95,7 +122,7 @@ def main(argv=None) -> int:
     loader.loader.exec_module(create_onnx)
 
     device, spec = torch.device("cuda"), specs.YOLOV7
-    model = create_onnx.build_detector(spec, None, seed=0)
+    model, _ = create_onnx.build_detector(spec, None, seed=0)
     model.fuse()
     model = gpu_det.prepare_for_gpu(model, device, torch.float16)
     started = time.perf_counter()
@@ -105,7 +132,7 @@ def main(argv=None) -> int:
     print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; CUDA graphs for {runner.buckets})", flush=True)
     photos = resized_jpegs((640, 480))
     params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
-    rows = []
+    rows, traces = [], []
     nvimgcodec, nvimgcodec_error = nvimgcodec_decode() if args.nvimgcodec else (None, "not asked for")
     with torch.inference_mode():
         for batch in args.batches:
@@ -124,6 +151,11 @@ def main(argv=None) -> int:
             }
             for step in args.steps:
                 row[f"{step}_ms"] = timed(timings[step], args.repeats)
+                if args.trace:
+                    traces.append(f"=== {step}, batch {batch}: {traced(timings[step])}")
+            if "postprocess" in args.steps:
+                passing = predictions[..., 4] > params.conf_threshold
+                row["objectness_passing_per_image"] = round(float(passing.sum()) / batch, 1)
             if nvimgcodec is not None:
                 ours = [image.permute(1, 2, 0) for image in gpu_pre.decode_images(items, device)]  # CHW -> HWC
                 theirs = nvimgcodec(items)
@@ -134,6 +166,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if traces:
+        (args.out / "gpu_trace.txt").write_text("\n\n".join(traces) + "\n")
     (args.out / "gpu_profile.json").write_text(json.dumps({
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
         "detector_setup_s": round(setup_s, 1), "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))

@@ -58,8 +58,9 @@ def raw_grid_candidates(predictions, conf, multi_label=None):
     class_scores = rows[:, 5:] * rows[:, 4:5]
     if multi_label is None:
         scores, classes = xp.max(class_scores, axis=1), xp.argmax(class_scores, axis=1)
-        keep = scores > conf[image_idx]
-        return image_idx[keep], xywh_to_xyxy(rows[keep, :4]), scores[keep], classes[keep]
+        # indices, not a mask: on a GPU each masked selection waits for the GPU, these four would wait four times
+        (kept,) = xp.nonzero(scores > conf[image_idx])
+        return image_idx[kept], xywh_to_xyxy(rows[kept, :4]), scores[kept], classes[kept]
     passing = class_scores > conf[image_idx][:, None]
     # the images without multi_label keep their best class only
     best = xp.argmax(class_scores, axis=1)

@@ -117,12 +117,15 @@ def test_graph_runner_per_shape_equals_the_network(onnx_models):
                                                         (True, False, True), (True, True, True)],
                          ids=["one-threshold", "per-image-thresholds", "chunked-and-capped", "per-image-options",
                               "options-chunked-and-capped"])
-def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed, small_limits, options, monkeypatch):
+@pytest.mark.parametrize("way", ["gpu", "host"])
+def test_gpu_postprocess_equals_the_cpu_postprocess(onnx_models, photos, mixed, small_limits, options, way, monkeypatch):
     """Same predictions in: the GPU NMS (torchvision, float64 offsets) keeps the same boxes as the CPU path, also
     when the images of one batch carry different IoU / conf thresholds and max_det (requests' own parameters) or
     different classes / agnostic_nms / multi_label, and when NMS runs in many chunks of images and the per-image
-    candidate cap bites (both made small here)."""
+    candidate cap bites (both made small here). The host's way (few rows pass objectness) likewise."""
     import onnxruntime as ort
+
+    monkeypatch.setattr(gpu_post, "HOST_ROWS_PER_IMAGE", 0 if way == "gpu" else 10**9)
 
     session = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"])
     tensors, metas = zip(*(pre.preprocess_image(photos[n], SMALL.input_size) for n in PHOTOS))

@@ -89,6 +89,45 @@ def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models,
     assert ours["slowest_execution"] == longest and ours["execute_ms"] <= ours["execute_ms_p99"] <= ours["execute_ms_max"]
 
 
+def test_postprocess_batch_on_the_host_is_the_cpu_postprocess(onnx_models, photos, monkeypatch):
+    """Few rows pass objectness: only those leave the GPU, and each image comes out as the CPU postprocess of its
+    whole grid makes it, with the images' own thresholds and options (torch on the CPU here: the host's way needs
+    no torchvision, and the GPU's way is not taken)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from yolo_triton import layouts, specs
+    from yolo_triton.pipeline import gpu_postprocess as gpu_post, postprocess as post, preprocess as pre
+    from yolo_triton.specs import DetectionParams
+
+    def no_gpu_way(*args):
+        raise AssertionError("the GPU's way was taken")
+
+    monkeypatch.setattr(gpu_post, "_finish_on_gpu", no_gpu_way)
+    names = ["astronaut_square_png", "rocket_jpg", "coffee_landscape_jpg", "motorcycle_portrait_jpg", "chelsea_tiny_jpg"]
+    tensors, metas = zip(*(pre.preprocess_image(photos[n], SMALL.input_size) for n in names))
+    predictions = ort.InferenceSession(str(onnx_models[SMALL.name]), providers=["CPUExecutionProvider"]).run(
+        None, {"images": np.stack(tensors)})[0]
+    params = [DetectionParams(conf_threshold=(0.02, 0.05, 0.9)[i % 3], iou_threshold=(0.3, 0.45)[i % 2],
+                              max_detections=(300, 3)[i % 2], agnostic_nms=i == 1, multi_label=i == 3)
+              for i in range(len(names))]
+    found = np.unique(layouts.decode(specs.LAYOUT_RAW_GRID, {specs.DETECTOR_OUTPUT: predictions[4]},
+                                     params[4].conf_threshold, None).classes)
+    params[4] = dataclasses.replace(params[4], classes=tuple(int(c) for c in found[:2]))
+    ours = gpu_post.postprocess_batch(torch.from_numpy(predictions), np.stack([m.to_array() for m in metas]), params)
+    assert len(ours) == len(names)
+    for index, meta in enumerate(metas):
+        expected = post.postprocess(predictions[index], meta, params[index])
+        assert len(ours[index]) == len(expected) and (len(expected) > 0) == (params[index].conf_threshold < 0.9)
+        np.testing.assert_array_equal(ours[index].classes, expected.classes)
+        np.testing.assert_array_equal(ours[index].scores, expected.scores)
+        np.testing.assert_array_equal(ours[index].boxes, expected.boxes)
+    monkeypatch.setattr(gpu_post, "HOST_ROWS_PER_IMAGE", 0)  # then more rows pass than the host takes
+    with pytest.raises(AssertionError, match="GPU's way"):
+        gpu_post.postprocess_batch(torch.from_numpy(predictions), np.stack([m.to_array() for m in metas]), params)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_nms_chunks_cover_every_image_once_within_budget(seed):
     """The GPU postprocess's NMS chunks (CPU arithmetic, no torchvision needed): consecutive, each image exactly

@@ -1,10 +1,16 @@
-"""Detector output → finished detections on the GPU: the semantics of ``pipeline/postprocess.py``, batched.
+"""Detector output → finished detections, from the raw grid on the GPU: the semantics of ``pipeline/postprocess.py``,
+batched.
 
-Raw-grid candidates of every image of the scheduler's batch (``layouts.raw_grid_candidates``, the CPU path's
-function), at most ``MAX_NMS_CANDIDATES`` per image (as the CPU path), NMS per image and class in one
-``torchvision.ops.nms`` call per chunk of images (boxes offset per image and class, in float64 so the offsets cost
-no precision; a chunk bounds NMS's memory), ``max_det``; only the final boxes go to the host, in one copy, and
-are mapped back there with ``boxes.scale_boxes`` (the CPU path's function).
+First, on the GPU, the grid rows of every image of the scheduler's batch whose objectness passes the image's
+``conf_threshold`` (one comparison over the batch). Where they are few (at most ``HOST_ROWS_PER_IMAGE`` per image
+on average: any usual threshold), only those rows go to the host, in one copy, and the CPU path's own
+``postprocess`` finishes each image: a few hundred rows cost the host less than launching the GPU's dozens of small
+kernels and waiting for each (docs/gpu.md). Where they are many (a ``conf_threshold`` near 0, as for mAP), the
+GPU does the rest: raw-grid candidates (``layouts.raw_grid_candidates``, the CPU path's function), at most
+``MAX_NMS_CANDIDATES`` per image (as the CPU path), NMS per image and class in one ``torchvision.ops.nms`` call per
+chunk of images (boxes offset per image and class, in float64 so the offsets cost no precision; a chunk bounds
+NMS's memory), ``max_det``; only the final boxes go to the host, in one copy, and are mapped back there with
+``boxes.scale_boxes`` (the CPU path's function).
 """
 from __future__ import annotations
 
@@ -16,6 +22,12 @@ import torch
 from ..boxes import Detections, Letterbox, LetterboxMeta, scale_boxes
 from ..layouts import raw_grid_candidates
 from ..specs import MAX_NMS_CANDIDATES, DetectionParams
+from .postprocess import postprocess
+
+# objectness-passing rows per image (on average over the batch) up to which the host finishes the batch: a usual
+# threshold leaves tens to hundreds per image (0 to a few hundred of YOLOv7-640's 25,200), a threshold near 0
+# nearly all of them, where the GPU's batched NMS is the faster
+HOST_ROWS_PER_IMAGE = 1024
 
 # a coordinate offset larger than any box, per (image, class) group, so that one NMS call keeps groups apart
 GROUP_OFFSET = 1 << 16
@@ -57,12 +69,28 @@ def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequ
     """Raw-grid predictions [N, K, 5+nc] (any device) + letterbox metas → detections per image (numpy, host).
 
     ``params`` per image (requests may set their own thresholds, classes, agnostic_nms and multi_label)."""
+    n, _, width = predictions.shape
+    device = predictions.device
+    conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)
+    image_idx, row_idx = torch.nonzero(predictions[..., 4] > conf[:, None], as_tuple=True)
+    if len(image_idx) <= HOST_ROWS_PER_IMAGE * n:
+        # those rows alone to the host, in grid order, and each image finished by the CPU path itself (the rows
+        # it drops first are the ones left here)
+        rows = torch.cat([predictions[image_idx, row_idx], image_idx[:, None].to(predictions.dtype)], 1).cpu().numpy()
+        bounds = np.searchsorted(rows[:, -1], np.arange(n + 1) - 0.5)  # image indices < 2**24: exact in float32
+        return [postprocess(rows[bounds[i] : bounds[i + 1], :-1], LetterboxMeta.from_array(metas[i]), params[i])
+                for i in range(n)]
+    return _finish_on_gpu(predictions, conf, metas, params)
+
+
+def _finish_on_gpu(predictions: torch.Tensor, conf: torch.Tensor, metas: np.ndarray,
+                   params: Sequence[DetectionParams]) -> List[Detections]:
+    """``postprocess_batch`` for many candidates: thresholds, NMS and ``max_det`` on the GPU, batched."""
     from torchvision.ops import nms
 
     n, _, width = predictions.shape
     num_classes = width - 5
     device = predictions.device
-    conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)
     multi_label = None
     if any(p.multi_label for p in params):
         multi_label = torch.tensor([p.multi_label for p in params], device=device)
@@ -116,16 +144,19 @@ def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequ
 
 
 def warm_up_postprocess(rows: int, width: int, input_hw: Tuple[int, int], device: torch.device) -> None:
-    """Run ``postprocess_batch`` once at load on random predictions of the detector's shape, with one IoU
-    threshold for the batch and with two (NMS in one chunk, then in two): the first call of a process loads kernels
-    for more than a second (docs/gpu.md). (The per-image cap's sort, for conf_threshold near 0, is left to its first
-    request.)"""
+    """Run both ways of ``postprocess_batch`` once at load on random predictions of the detector's shape: the
+    GPU's (for a threshold near 0) with one IoU threshold for the batch and with two (NMS in one chunk, then in two),
+    and the host's: the first call of a process loads kernels and libraries for more than a second (docs/gpu.md).
+    (The per-image cap's sort, for conf_threshold near 0, is left to its first request.)"""
     generator = torch.Generator(device=device).manual_seed(0)
     predictions = torch.rand((2, rows, width), device=device, generator=generator)
     predictions[..., :4] *= max(input_hw)
     predictions[..., 4] *= 0.3  # some hundreds of candidates, not tens of thousands: NMS's mask stays small
     metas = np.stack([Letterbox((480, 640), input_hw).meta.to_array()] * 2)
+    for params in ([DetectionParams()] * 2, [DetectionParams(), DetectionParams().updated({"iou_threshold": 0.5})]):
+        conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)
+        _finish_on_gpu(predictions, conf, metas, params)
+    predictions[:, 64:, 4] = 0  # a few dozen rows pass objectness: the host's way
     postprocess_batch(predictions, metas, [DetectionParams()] * 2)
-    postprocess_batch(predictions, metas, [DetectionParams(), DetectionParams().updated({"iou_threshold": 0.5})])
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()  # give back what the warm-up alone needed
