@@ -76,6 +76,26 @@ def traced(function, calls: int = 5) -> str:
     return f"{host_ms:.3f} ms per call on the host (profiled), {kernels_ms:.3f} ms of GPU kernels per call\n{table}"
 
 
+def cudnn_autotune_cost(model, input_chw, device) -> dict:
+    """Set-up seconds and ms per batch of the detector's CUDA graphs with cuDNN's autotuning off, then on. Off first:
+    the process's first set-up also pays CUDA's and cuDNN's own start, so the "on" row's set-up is the autotuning
+    (plus the captures) alone."""
+    measured = {}
+    for autotune in (False, True):
+        torch.backends.cudnn.benchmark = autotune
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        runner = gpu_det.GraphRunner(model, input_chw, 32, device, torch.float16, buckets=[1, 2, 4, 8, 16, 32])
+        torch.cuda.synchronize()
+        row = {"setup_s": round(time.perf_counter() - started, 2)}
+        for batch in (1, 8, 32):
+            x = torch.rand((batch, *input_chw), device=device, dtype=torch.float16)
+            row[f"batch_{batch}_ms"] = round(timed(lambda: runner(x), 30), 3)
+        measured["on" if autotune else "off"] = row
+        print(f"cuDNN autotuning {'on' if autotune else 'off'}: {row}", flush=True)
+    return measured
+
+
 def nvimgcodec_decode():
     """A function decoding a list of JPEG bytes to HWC uint8 CUDA tensors with nvImageCodec, or the reason why not."""
     try:
@@ -97,7 +117,9 @@ def nvimgcodec_decode():
     return decode, None
 
 
-STEPS = ("decode", "preprocess", "detector", "postprocess")
+# postprocess_on_gpu: the postprocess made to take the GPU's way (thresholds and NMS on the GPU), as a threshold
+# near 0 does, beside the host's way that a usual threshold takes
+STEPS = ("decode", "preprocess", "detector", "postprocess", "postprocess_on_gpu")
 
 
 def main(argv=None) -> int:
@@ -111,6 +133,8 @@ def main(argv=None) -> int:
                         help="the detector through torch.compile (Inductor) before its CUDA graphs are captured; its "
                              "output is compared with the uncompiled detector's")
     parser.add_argument("--trace", action="store_true", help="also profile each step (torch.profiler): gpu_trace.txt")
+    parser.add_argument("--cudnn-autotune", action="store_true",
+                        help="first time the detector's set-up and batches with cuDNN's autotuning off, then on")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -125,6 +149,8 @@ def main(argv=None) -> int:
     model, _ = create_onnx.build_detector(spec, None, seed=0)
     model.fuse()
     model = gpu_det.prepare_for_gpu(model, device, torch.float16)
+    autotune = cudnn_autotune_cost(model, (3, *spec.input_size), device) if args.cudnn_autotune else None
+    torch.backends.cudnn.benchmark = True  # as prepare_for_gpu leaves it
     started = time.perf_counter()
     runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile), (3, *spec.input_size),
                              max(args.batches), device, torch.float16, buckets=args.batches)
@@ -133,6 +159,14 @@ def main(argv=None) -> int:
     photos = resized_jpegs((640, 480))
     params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
     rows, traces = [], []
+
+    def on_gpu(predictions, metas, params):
+        host_rows, gpu_post.HOST_ROWS_PER_IMAGE = gpu_post.HOST_ROWS_PER_IMAGE, 0
+        try:
+            return gpu_post.postprocess_batch(predictions, metas, params)
+        finally:
+            gpu_post.HOST_ROWS_PER_IMAGE = host_rows
+
     nvimgcodec, nvimgcodec_error = nvimgcodec_decode() if args.nvimgcodec else (None, "not asked for")
     with torch.inference_mode():
         for batch in args.batches:
@@ -148,12 +182,13 @@ def main(argv=None) -> int:
                 "preprocess": lambda: gpu_pre.preprocess_batch(items, spec.input_size, device, dtype=torch.float16),
                 "detector": lambda: runner(tensor),
                 "postprocess": lambda: gpu_post.postprocess_batch(predictions, metas, [params] * batch),
+                "postprocess_on_gpu": lambda: on_gpu(predictions, metas, [params] * batch),
             }
             for step in args.steps:
                 row[f"{step}_ms"] = timed(timings[step], args.repeats)
                 if args.trace:
                     traces.append(f"=== {step}, batch {batch}: {traced(timings[step])}")
-            if "postprocess" in args.steps:
+            if {"postprocess", "postprocess_on_gpu"} & set(args.steps):
                 passing = predictions[..., 4] > params.conf_threshold
                 row["objectness_passing_per_image"] = round(float(passing.sum()) / batch, 1)
             if nvimgcodec is not None:
@@ -170,7 +205,7 @@ def main(argv=None) -> int:
         (args.out / "gpu_trace.txt").write_text("\n\n".join(traces) + "\n")
     (args.out / "gpu_profile.json").write_text(json.dumps({
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
-        "detector_setup_s": round(setup_s, 1), "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
+        "detector_setup_s": round(setup_s, 1), "cudnn_autotune": autotune, "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
     return 0
 
 
