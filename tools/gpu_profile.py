@@ -58,16 +58,22 @@ def timed(function, repeats: int) -> float:
 def traced(function, calls: int = 5) -> str:
     """``function()`` run ``calls`` times under torch.profiler (after warm-up): host and GPU-kernel milliseconds per
     call, then the operators by host time."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     for _ in range(3):
         function()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        started = time.perf_counter()  # inside: the profiler's own start is not the step's
+    # one call profiled but not kept first: the profiler's own start (CUPTI's buffers, milliseconds) is not the step's
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                 schedule=schedule(wait=0, warmup=1, active=calls, repeat=1)) as prof:
+        function()
+        torch.cuda.synchronize()
+        prof.step()
+        started = time.perf_counter()
         for _ in range(calls):
             function()
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()  # each call's kernels inside its own step
+            prof.step()
         host_ms = (time.perf_counter() - started) * 1000 / calls
     events = prof.key_averages()
     kernels_ms = sum(getattr(e, "self_device_time_total", 0) for e in events
@@ -109,7 +115,7 @@ def nvimgcodec_decode():
                 raise RuntimeError("nvImageCodec returned no image for some inputs")
             return [torch.as_tensor(image, device="cuda") for image in images]
 
-        from bench import resized_jpegs
+        from tools.bench import resized_jpegs
 
         decode(resized_jpegs((640, 480))[:2])  # a missing nvJPEG library may show only at the first decode
     except Exception as error:  # not installed, or its CUDA libraries not found: say which

@@ -92,12 +92,14 @@ def test_step_times_beside_triton_statistics(tmp_path, monkeypatch, onnx_models,
 def test_postprocess_batch_on_the_host_is_the_cpu_postprocess(onnx_models, photos, monkeypatch):
     """Few rows pass objectness: only those leave the GPU, and each image comes out as the CPU postprocess of its
     whole grid makes it, with the images' own thresholds and options (torch on the CPU here: the host's way needs
-    no torchvision, and the GPU's way is not taken)."""
+    no torchvision, and the GPU's way is not taken). Images with more rows than the host takes go the GPU's way,
+    each by its own count."""
     import dataclasses
 
     import onnxruntime as ort
 
     from yolo_triton import layouts, specs
+    from yolo_triton.boxes import LetterboxMeta
     from yolo_triton.pipeline import gpu_postprocess as gpu_post, postprocess as post, preprocess as pre
     from yolo_triton.specs import DetectionParams
 
@@ -123,9 +125,27 @@ def test_postprocess_batch_on_the_host_is_the_cpu_postprocess(onnx_models, photo
         np.testing.assert_array_equal(ours[index].classes, expected.classes)
         np.testing.assert_array_equal(ours[index].scores, expected.scores)
         np.testing.assert_array_equal(ours[index].boxes, expected.boxes)
-    monkeypatch.setattr(gpu_post, "HOST_ROWS_PER_IMAGE", 0)  # then more rows pass than the host takes
-    with pytest.raises(AssertionError, match="GPU's way"):
-        gpu_post.postprocess_batch(torch.from_numpy(predictions), np.stack([m.to_array() for m in metas]), params)
+    # each image by its own count: those above the limit, and only those, to the GPU's way (a stand-in here,
+    # finishing each image it gets as the CPU path would), the answers back in the batch's order
+    counts = [int((p[:, 4] > c.conf_threshold).sum()) for p, c in zip(predictions, params)]
+    limit = sorted(counts)[2]
+    given = []
+
+    def gpu_way_stand_in(predictions_in, conf, metas_in, params_in):
+        given.append(([float(c) for c in conf], [m.tolist() for m in metas_in], list(params_in)))
+        return [post.postprocess(p.numpy(), LetterboxMeta.from_array(m), c) for p, m, c in zip(predictions_in, metas_in, params_in)]
+
+    monkeypatch.setattr(gpu_post, "_finish_on_gpu", gpu_way_stand_in)
+    monkeypatch.setattr(gpu_post, "HOST_ROWS_PER_IMAGE", limit)
+    ours = gpu_post.postprocess_batch(torch.from_numpy(predictions), np.stack([m.to_array() for m in metas]), params)
+    above = [i for i, count in enumerate(counts) if count > limit]
+    assert above and len(above) < len(names) and len(given) == 1
+    assert given[0][0] == [pytest.approx(params[i].conf_threshold) for i in above]
+    assert given[0][1] == [metas[i].to_array().tolist() for i in above] and given[0][2] == [params[i] for i in above]
+    for index, meta in enumerate(metas):
+        expected = post.postprocess(predictions[index], meta, params[index])
+        np.testing.assert_array_equal(ours[index].boxes, expected.boxes)
+        np.testing.assert_array_equal(ours[index].classes, expected.classes)
 
 
 @pytest.mark.parametrize("seed", range(5))

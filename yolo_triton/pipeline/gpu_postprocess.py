@@ -1,16 +1,19 @@
 """Detector output → finished detections, from the raw grid on the GPU: the semantics of ``pipeline/postprocess.py``,
 batched.
 
-First, on the GPU, the grid rows of every image of the scheduler's batch whose objectness passes the image's
-``conf_threshold`` (one comparison over the batch). Where they are few (at most ``HOST_ROWS_PER_IMAGE`` per image
-on average: any usual threshold), only those rows go to the host, in one copy, and the CPU path's own
-``postprocess`` finishes each image: a few hundred rows cost the host less than launching the GPU's dozens of small
-kernels and waiting for each (docs/gpu.md). Where they are many (a ``conf_threshold`` near 0, as for mAP), the
-GPU does the rest: raw-grid candidates (``layouts.raw_grid_candidates``, the CPU path's function), at most
-``MAX_NMS_CANDIDATES`` per image (as the CPU path), NMS per image and class in one ``torchvision.ops.nms`` call per
-chunk of images (boxes offset per image and class, in float64 so the offsets cost no precision; a chunk bounds
-NMS's memory), ``max_det``; only the final boxes go to the host, in one copy, and are mapped back there with
-``boxes.scale_boxes`` (the CPU path's function).
+First, on the GPU, which grid rows of every image of the scheduler's batch pass the image's objectness threshold
+(``conf_threshold``; one comparison over the batch), and how many per image. Each image is finished one of two ways,
+by its own count:
+
+- few rows (at most ``HOST_ROWS_PER_IMAGE``: any usual threshold): only those rows go to the host, in one copy for
+  all such images, and the CPU path's own ``postprocess`` finishes each image — its boxes by construction. Alone on
+  an H100 this took 0.78 ms at batch 1 against 1.92 ms the other way, and a fifth of its GPU-kernel time at batch
+  16, where it cost the host more (docs/benchmarks.md);
+- many rows (a ``conf_threshold`` near 0, as for mAP): the GPU finishes them. Raw-grid candidates
+  (``layouts.raw_grid_candidates``, the CPU path's function), at most ``MAX_NMS_CANDIDATES`` per image (as the CPU
+  path), NMS per image and class in one ``torchvision.ops.nms`` call per chunk of images (boxes offset per image and
+  class, in float64 so the offsets cost no precision; a chunk bounds NMS's memory), ``max_det``; only the final
+  boxes go to the host, in one copy, and are mapped back there with ``boxes.scale_boxes`` (the CPU path's function).
 """
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ from ..layouts import raw_grid_candidates
 from ..specs import MAX_NMS_CANDIDATES, DetectionParams
 from .postprocess import postprocess
 
-# objectness-passing rows per image (on average over the batch) up to which the host finishes the batch: a usual
-# threshold leaves tens to hundreds per image (0 to a few hundred of YOLOv7-640's 25,200), a threshold near 0
-# nearly all of them, where the GPU's batched NMS is the faster
+# objectness-passing rows of an image up to which the host finishes it: a usual threshold leaves tens to hundreds
+# (50-89 of YOLOv7-640's 25,200 per photo at 0.25, measured), a threshold near 0 nearly all of them, which the CPU
+# path's NMS would take a long time over
 HOST_ROWS_PER_IMAGE = 1024
 
 # a coordinate offset larger than any box, per (image, class) group, so that one NMS call keeps groups apart
@@ -69,18 +72,40 @@ def postprocess_batch(predictions: torch.Tensor, metas: np.ndarray, params: Sequ
     """Raw-grid predictions [N, K, 5+nc] (any device) + letterbox metas → detections per image (numpy, host).
 
     ``params`` per image (requests may set their own thresholds, classes, agnostic_nms and multi_label)."""
-    n, _, width = predictions.shape
-    device = predictions.device
-    conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)
-    image_idx, row_idx = torch.nonzero(predictions[..., 4] > conf[:, None], as_tuple=True)
-    if len(image_idx) <= HOST_ROWS_PER_IMAGE * n:
-        # those rows alone to the host, in grid order, and each image finished by the CPU path itself (the rows
-        # it drops first are the ones left here)
-        rows = torch.cat([predictions[image_idx, row_idx], image_idx[:, None].to(predictions.dtype)], 1).cpu().numpy()
-        bounds = np.searchsorted(rows[:, -1], np.arange(n + 1) - 0.5)  # image indices < 2**24: exact in float32
-        return [postprocess(rows[bounds[i] : bounds[i + 1], :-1], LetterboxMeta.from_array(metas[i]), params[i])
-                for i in range(n)]
-    return _finish_on_gpu(predictions, conf, metas, params)
+    n = len(predictions)
+    conf = torch.tensor([p.conf_threshold for p in params], device=predictions.device, dtype=predictions.dtype)
+    passing = predictions[..., 4] > conf[:, None]
+    counts = passing.sum(1).tolist()
+    # each image's way by its own count: one request's threshold near 0 does not send its batch to the host
+    on_host = [i for i, count in enumerate(counts) if count <= HOST_ROWS_PER_IMAGE]
+    on_gpu = [i for i, count in enumerate(counts) if count > HOST_ROWS_PER_IMAGE]
+    results: List[Optional[Detections]] = [None] * n
+    for images, finish, tensors in ((on_host, _finish_on_host, (predictions, passing)),
+                                    (on_gpu, _finish_on_gpu, (predictions, conf))):
+        if images:
+            found = finish(*_images(images, n, *tensors), metas[images], [params[i] for i in images])
+            for i, detections in zip(images, found):
+                results[i] = detections
+    return results
+
+
+def _images(images: List[int], n: int, *tensors: torch.Tensor) -> List[torch.Tensor]:
+    """``tensors`` (batch first) for those of the batch's ``n`` images, or as they are where that is all of them."""
+    if len(images) == n:
+        return list(tensors)
+    index = torch.tensor(images, device=tensors[0].device)
+    return [tensor[index] for tensor in tensors]
+
+
+def _finish_on_host(predictions: torch.Tensor, passing: torch.Tensor, metas: np.ndarray,
+                    params: Sequence[DetectionParams]) -> List[Detections]:
+    """``postprocess_batch`` for few rows: the passing rows alone to the host, in grid order, in one copy, and each
+    image finished by the CPU path itself (the rows it drops first are the ones left behind here)."""
+    image_idx, row_idx = torch.nonzero(passing, as_tuple=True)
+    rows = torch.cat([predictions[image_idx, row_idx], image_idx[:, None].to(predictions.dtype)], 1).cpu().numpy()
+    bounds = np.searchsorted(rows[:, -1], np.arange(len(params) + 1) - 0.5)  # image indices < 2**24: exact in float32
+    return [postprocess(rows[bounds[i] : bounds[i + 1], :-1], LetterboxMeta.from_array(metas[i]), params[i])
+            for i in range(len(params))]
 
 
 def _finish_on_gpu(predictions: torch.Tensor, conf: torch.Tensor, metas: np.ndarray,
@@ -151,7 +176,7 @@ def warm_up_postprocess(rows: int, width: int, input_hw: Tuple[int, int], device
     generator = torch.Generator(device=device).manual_seed(0)
     predictions = torch.rand((2, rows, width), device=device, generator=generator)
     predictions[..., :4] *= max(input_hw)
-    predictions[..., 4] *= 0.3  # some hundreds of candidates, not tens of thousands: NMS's mask stays small
+    predictions[..., 4] *= 0.3  # ~4,200 rows per image pass 0.25, a few hundred candidates: NMS's mask stays small
     metas = np.stack([Letterbox((480, 640), input_hw).meta.to_array()] * 2)
     for params in ([DetectionParams()] * 2, [DetectionParams(), DetectionParams().updated({"iou_threshold": 0.5})]):
         conf = torch.tensor([p.conf_threshold for p in params], device=device, dtype=predictions.dtype)

@@ -28,7 +28,7 @@ def batched_nms(detections: Detections, iou_threshold: float, max_detections: in
     """
     if len(detections) == 0:
         return detections
-    import cv2  # here, not at the top: importing this module (the GPU path's layouts) needs no OpenCV
+    import cv2  # here, not at the top: importing this module alone needs no OpenCV
 
     detections = detections.take(np.argsort(-detections.scores, kind="stable")[:MAX_NMS_CANDIDATES])
     boxes, scores, classes = detections.boxes, detections.scores, detections.classes

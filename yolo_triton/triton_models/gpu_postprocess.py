@@ -52,7 +52,7 @@ class TritonPythonModel(cpu.TritonPythonModel):
                 with torch.inference_mode():
                     results = postprocess_batch(torch.cat(group), np.concatenate([metas[j] for j in members]),
                                                 [p for j in members for p in params[j]])
-            except RuntimeError:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
+            except Exception:  # e.g. CUDA out of memory for one request's huge candidate set (conf near 0)
                 torch.cuda.empty_cache()
                 continue
             answers.update((j, results[part]) for j, part in zip(members, request_slices(group)))
@@ -74,10 +74,13 @@ class TritonPythonModel(cpu.TritonPythonModel):
         try:
             with torch.inference_mode():
                 detections = postprocess_batch(prediction, meta, params)
-        except RuntimeError as error:
+        except RuntimeError as error:  # torch's, CUDA out of memory among them
             torch.cuda.empty_cache()
             return error_response(f"postprocess failed for this request (raise conf_threshold: too many candidate "
                                   f"boxes): {str(error).splitlines()[0]}", pb_utils.TritonError.INTERNAL)
+        except Exception as error:  # the host's way (NumPy, OpenCV): this request alone fails
+            return error_response(f"postprocess failed for this request: {type(error).__name__}: {error}",
+                                  pb_utils.TritonError.INTERNAL)
         return self._answer(detections)
 
     def finalize(self):
