@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 
 import numpy as np
 import pytest
@@ -281,6 +282,10 @@ def test_compile_cache_from_the_build_spares_the_server_compiling(onnx_models, t
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print("MEASURED compile cache:", result)
     assert result["how"] == "default" and any("from the build's compile cache" in m for m in result["messages"]), result
+    # the load line's split (gpu_det.load_split): every part measured, none below zero
+    split = next(m for m in result["messages"] if "CUDA graph captures" in m)
+    parts = [float(x) for x in re.findall(r"(-?\d+\.\d) s", split)]
+    assert len(parts) == 7 and min(parts) >= -0.1, split
     # two graphs, batch 1 and the dynamic batch (compile_detector), both found compiled
     assert result["inductor"].get("fxgraph_cache_hit") == 2 and not result["inductor"].get("fxgraph_cache_miss"), result
     assert result["error"] < 1e-2

@@ -80,3 +80,14 @@ def test_compile_cache_missing_or_damaged_is_said_and_compiled_from_scratch(tmp_
     path.write_bytes(b"not a cache")
     path.with_name(path.name + ".json").write_text(json.dumps(IDENTITY))
     assert load_compile_cache(path, IDENTITY).startswith("the compile cache model.compile-cache does not load: ")
+
+
+def test_load_split_says_where_the_load_went():
+    """The detector's load line: the cache read, the compile (torch's timers), the graphs' first runs besides
+    compiling (the runner's warm-up less the compile inside it), the captures, and what is left of the total."""
+    from yolo_triton.pipeline.gpu_detector import load_split
+
+    line = load_split(22.0, 0.5, {"total": 8.0, "tracing": 6.0, "inductor": 1.5}, {"runs": 19.0, "captures": 1.5})
+    assert line == (": reading the cache 0.5 s, compiling 8.0 s (Dynamo tracing 6.0 s, Inductor 1.5 s), the graphs' "
+                    "first runs besides compiling 11.0 s, CUDA graph captures 1.5 s, the rest 1.0 s")
+    assert load_split(22.0, 0.5, {}, {"runs": 19.0, "captures": 1.5}) == ""  # no timers in this torch: no split

@@ -6,6 +6,7 @@ Where the time goes and what each step gained, measured: docs/gpu.md.
 """
 from __future__ import annotations
 
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,6 +27,8 @@ class GraphRunner:
         self.inputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.outputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.graphs: Dict[Tuple[tuple, int], torch.cuda.CUDAGraph] = {}
+        # where the set-up's time went: the warm-up runs (a compiled model's compiling included) and the captures
+        self.seconds = {"runs": 0.0, "captures": 0.0}
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         # no_grad, not inference_mode: the static buffers are refilled later, also outside inference mode
@@ -33,11 +36,16 @@ class GraphRunner:
             for shape in self.shapes:
                 for size in self.buckets:
                     static = torch.rand((size, *shape), device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                    started = time.perf_counter()
                     for _ in range(3):  # warm-up: cuDNN picks its kernels before the capture
                         model(static)
+                    torch.cuda.synchronize(device)
+                    captured = time.perf_counter()
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
                         out = model(static)
+                    self.seconds["runs"] += captured - started
+                    self.seconds["captures"] += time.perf_counter() - captured
                     key = (shape, size)
                     self.inputs[key], self.outputs[key], self.graphs[key] = static, out, graph
         torch.cuda.current_stream(device).wait_stream(stream)
@@ -248,6 +256,21 @@ def compile_seconds() -> Dict[str, float]:
             "inductor": timed.get("OutputGraph.call_user_compiler", 0.0)}
 
 
+def load_split(took: float, reading: float, compiling: Dict[str, float], setup: Dict[str, float]) -> str:
+    """Where a compiled detector's load went, for its log line: ``took`` seconds in all, ``reading`` the compile
+    cache, ``compiling`` (``compile_seconds``: Dynamo's total, its tracing, Inductor), the :class:`GraphRunner`'s
+    ``setup`` (its warm-up runs, which compile on their first calls, and its captures). Which part to shorten:
+    tracing is redone at every load, Inductor's part is what the compile cache shortens, the runs besides compiling
+    are the compiled graphs' first calls. "" where torch kept no compile timers."""
+    if not compiling:
+        return ""
+    runs = setup["runs"] - compiling["total"]
+    rest = took - reading - setup["runs"] - setup["captures"]
+    return (f": reading the cache {reading:.1f} s, compiling {compiling['total']:.1f} s (Dynamo tracing "
+            f"{compiling['tracing']:.1f} s, Inductor {compiling['inductor']:.1f} s), the graphs' first runs besides "
+            f"compiling {runs:.1f} s, CUDA graph captures {setup['captures']:.1f} s, the rest {rest:.1f} s")
+
+
 def warm_compile_cache(model: torch.nn.Module, input_chw, max_batch: int, device, dtype, mode: str, path) -> int:
     """The prepared detector compiled and captured as the server does at load (``compile_detector`` then a
     :class:`GraphRunner` over every batch bucket), and what that compiled saved to ``path``
@@ -292,7 +315,6 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
     bucket — compiling each of them would multiply the minutes of compiling by the number of shapes. ``buckets``:
     the batch sizes with a CUDA graph (default ``batch_buckets(max_batch)``; the served detector's are its config's
     preferred batch sizes)."""
-    import time
 
     started = time.perf_counter()
     if mode != "off" and not isinstance(input_chw[0], int):
@@ -315,8 +337,10 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
             except Exception as error:
                 why_not = f"the ahead-of-time package failed its first runs: {first_line(error)}"
         cache_there = cache_path is not None and identity_beside(cache_path) is not None
+        reading = time.perf_counter()
         why_no_cache = (load_compile_cache(cache_path, compile_identity(device, dtype, input_chw, max_batch, mode))
                         if cache_there else "no compile cache")
+        reading = time.perf_counter() - reading
         how = "from the build's compile cache" if not why_no_cache else "which takes minutes"
         if why_not:
             log(f"{why_not}; compiling at load (torch.compile {mode}), {how}", True)
@@ -324,13 +348,9 @@ def detector_runner(model: torch.nn.Module, input_chw, max_batch: int, device, d
             log(f"{why_no_cache}: compiling from scratch", True)
         try:
             runner = GraphRunner(compile_detector(model, mode), input_chw, max_batch, device, dtype, buckets)
-            took, spent = time.perf_counter() - started, compile_seconds()
-            # which part of the load to shorten: tracing is redone at every load, Inductor's part is what the
-            # compile cache shortens, the rest is reading the cache, running the graphs and capturing them
-            detail = (f" (Dynamo tracing {spent['tracing']:.1f} s, Inductor {spent['inductor']:.1f} s, the rest — "
-                      f"reading the cache, warm-up runs, CUDA graph capture — {took - spent['total']:.1f} s)"
-                      if spent else "")
-            log(f"torch.compile ({mode}) and CUDA graphs ready in {took:.0f} s{detail}"
+            took = time.perf_counter() - started
+            log(f"torch.compile ({mode}) and CUDA graphs ready in {took:.0f} s"
+                f"{load_split(took, reading, compile_seconds(), runner.seconds)}"
                 f"{'' if why_no_cache else ', ' + how}", False)
             return runner, mode
         except Exception as error:  # e.g. no C compiler for Inductor's kernels: serve uncompiled, slower, and say so
