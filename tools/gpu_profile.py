@@ -82,26 +82,6 @@ def traced(function, calls: int = 5) -> str:
     return f"{host_ms:.3f} ms per call on the host (profiled), {kernels_ms:.3f} ms of GPU kernels per call\n{table}"
 
 
-def cudnn_autotune_cost(model, input_chw, device) -> dict:
-    """Set-up seconds and ms per batch of the detector's CUDA graphs with cuDNN's autotuning off, then on. Off first:
-    the process's first set-up also pays CUDA's and cuDNN's own start, so the "on" row's set-up is the autotuning
-    (plus the captures) alone."""
-    measured = {}
-    for autotune in (False, True):
-        torch.backends.cudnn.benchmark = autotune
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        runner = gpu_det.GraphRunner(model, input_chw, 32, device, torch.float16, buckets=[1, 2, 4, 8, 16, 32])
-        torch.cuda.synchronize()
-        row = {"setup_s": round(time.perf_counter() - started, 2)}
-        for batch in (1, 8, 32):
-            x = torch.rand((batch, *input_chw), device=device, dtype=torch.float16)
-            row[f"batch_{batch}_ms"] = round(timed(lambda: runner(x), 30), 3)
-        measured["on" if autotune else "off"] = row
-        print(f"cuDNN autotuning {'on' if autotune else 'off'}: {row}", flush=True)
-    return measured
-
-
 def nvimgcodec_decode():
     """A function decoding a list of JPEG bytes to HWC uint8 CUDA tensors with nvImageCodec, or the reason why not."""
     try:
@@ -140,7 +120,10 @@ def main(argv=None) -> int:
                              "output is compared with the uncompiled detector's")
     parser.add_argument("--trace", action="store_true", help="also profile each step (torch.profiler): gpu_trace.txt")
     parser.add_argument("--cudnn-autotune", action="store_true",
-                        help="first time the detector's set-up and batches with cuDNN's autotuning off, then on")
+                        help="cuDNN's autotuning (benchmark mode) on for the detector, which prepare_for_gpu leaves off")
+    parser.add_argument("--compile-cache", type=Path,
+                        help="seed torch.compile's caches from the build's compile cache first, as the server does "
+                             "(for a set-up time like the server's: run with an empty TORCHINDUCTOR_CACHE_DIR)")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -155,13 +138,21 @@ def main(argv=None) -> int:
     model, _ = create_onnx.build_detector(spec, None, seed=0)
     model.fuse()
     model = gpu_det.prepare_for_gpu(model, device, torch.float16)
-    autotune = cudnn_autotune_cost(model, (3, *spec.input_size), device) if args.cudnn_autotune else None
-    torch.backends.cudnn.benchmark = True  # as prepare_for_gpu leaves it
+    torch.backends.cudnn.benchmark = args.cudnn_autotune
+    input_chw = (3, *spec.input_size)
     started = time.perf_counter()
-    runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile), (3, *spec.input_size),
-                             max(args.batches), device, torch.float16, buckets=args.batches)
+    if args.compile_cache:
+        why_not = gpu_det.load_compile_cache(args.compile_cache, gpu_det.compile_identity(
+            device, torch.float16, input_chw, max(args.batches), args.compile))
+        print(f"compile cache: {why_not or 'loaded'}", flush=True)
+    runner = gpu_det.GraphRunner(gpu_det.compile_detector(model, args.compile), input_chw,
+                                 max(args.batches), device, torch.float16, buckets=args.batches)
     setup_s = time.perf_counter() - started
-    print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; CUDA graphs for {runner.buckets})", flush=True)
+    setup = {"s": round(setup_s, 2), **{k: round(v, 2) for k, v in runner.seconds.items()},
+             "compiling": {k: round(v, 2) for k, v in gpu_det.compile_seconds().items()},
+             "first_runs_by_batch": {size: round(s, 2) for (_, size), s in runner.run_seconds.items()}}
+    print(f"detector ready in {setup_s:.1f} s (torch.compile: {args.compile}; cuDNN autotuning "
+          f"{'on' if args.cudnn_autotune else 'off'}; CUDA graphs for {runner.buckets}): {json.dumps(setup)}", flush=True)
     photos = resized_jpegs((640, 480))
     params = DetectionParams(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
     rows, traces = [], []
@@ -211,7 +202,7 @@ def main(argv=None) -> int:
         (args.out / "gpu_trace.txt").write_text("\n\n".join(traces) + "\n")
     (args.out / "gpu_profile.json").write_text(json.dumps({
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
-        "detector_setup_s": round(setup_s, 1), "cudnn_autotune": autotune, "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
+        "cudnn_autotune": args.cudnn_autotune, "detector_setup": setup, "rows": rows, "nvimgcodec": nvimgcodec_error or "measured"}, indent=1))
     return 0
 
 

@@ -414,7 +414,8 @@ def test_gpu_ensemble_under_mps(gpu_server, onnx_models, photos, tmp_path, monke
         share = matched_share(under["boxes"][index, :m], under["classes"][index, :m],
                               without["boxes"][index, :n], without["classes"][index, :n])
         shares.append(share)
-    # not bit-identical: cuDNN's autotuner picks its algorithms per process (measured 0.89 for one photo here)
+    # not asserted bit-identical: each server's detector is its own process, with cuDNN's own choice of algorithms
+    # (measured 0.89 for one photo here)
     assert np.mean(shares) >= 0.9 and min(shares) >= 0.8, shares
 
 

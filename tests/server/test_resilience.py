@@ -545,6 +545,28 @@ def _server_child(serve_pid: int, log: Path) -> int:
     raise AssertionError(f"no tritonserver under serve.py {serve_pid}:\n" + log.read_text(errors="replace")[-3000:])
 
 
+def test_mps_client_check_without_a_cuda_driver_says_why():
+    """The CUDA client serve runs under a fresh MPS daemon (driver calls through ctypes, no torch import) on a host
+    without the driver: it fails, and its message names what is missing (serve prints it, or stops with it)."""
+    from yolo_triton.serving import mps
+
+    if ctypes_finds("libcuda.so.1"):
+        pytest.skip("this host has the CUDA driver (tests/gpu runs the check under MPS)")
+    done = subprocess.run([sys.executable, "-c", mps.CLIENT_CHECK], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "no CUDA driver" in done.stderr and "libcuda.so.1" in done.stderr, done.stderr
+    assert "torch" not in mps.CLIENT_CHECK
+
+
+def ctypes_finds(library: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+        return True
+    except OSError:
+        return False
+
+
 def test_serve_mps_without_the_driver_says_so(repository, tmp_path):
     """`make serve` with ``--mps on`` on a host without the NVIDIA driver's MPS control: a clear stop before any server starts
     (the daemon itself runs in tests/test_gpu.py on the GPU machine)."""

@@ -27,8 +27,10 @@ class GraphRunner:
         self.inputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.outputs: Dict[Tuple[tuple, int], torch.Tensor] = {}
         self.graphs: Dict[Tuple[tuple, int], torch.cuda.CUDAGraph] = {}
-        # where the set-up's time went: the warm-up runs (a compiled model's compiling included) and the captures
+        # where the set-up's time went: the warm-up runs (a compiled model's compiling included) and the captures;
+        # the warm-up runs also per graph
         self.seconds = {"runs": 0.0, "captures": 0.0}
+        self.run_seconds: Dict[Tuple[tuple, int], float] = {}
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         # no_grad, not inference_mode: the static buffers are refilled later, also outside inference mode
@@ -45,6 +47,7 @@ class GraphRunner:
                     with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
                         out = model(static)
                     self.seconds["runs"] += captured - started
+                    self.run_seconds[(shape, size)] = captured - started
                     self.seconds["captures"] += time.perf_counter() - captured
                     key = (shape, size)
                     self.inputs[key], self.outputs[key], self.graphs[key] = static, out, graph
@@ -107,9 +110,9 @@ def compile_detector(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 
 
 def prepare_for_gpu(model: torch.nn.Module, device, dtype=torch.float16) -> torch.nn.Module:
-    """A fused detector for GPU inference: FP16 weights, channels_last, cuDNN autotuning. In FP32, TF32 is off:
-    FP32 means FP32 (TF32's 10-bit mantissa is FP16's precision)."""
-    torch.backends.cudnn.benchmark = True
+    """A fused detector for GPU inference: FP16 weights, channels_last. In FP32, TF32 is off: FP32 means FP32 (TF32's
+    10-bit mantissa is FP16's precision). cuDNN's autotuning (benchmark mode) stays off: for the compiled detector
+    it cost ~1.5 s per batch bucket at load, and it gained nothing per batch (measured: docs/gpu.md)."""
     if dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

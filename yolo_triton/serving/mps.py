@@ -23,8 +23,29 @@ DRIVER_BINARIES = ("/usr/local/nvidia/bin", "/usr/bin")
 # and a server keeping CUDA_VISIBLE_DEVICES=1 would then find none (NVIDIA's MPS docs); secrets stay out of it
 DAEMON_ENV_DROPPED = ("CUDA_VISIBLE_DEVICES", "TRITON_ADMIN_KEY")
 # a CUDA client under the daemon: `-d` returns 0 even where MPS cannot serve (an exclusive-process GPU, a
-# container that forbids it), which only the first client finds out
-CLIENT_CHECK = "import torch; torch.zeros(1, device='cuda').add_(1); torch.cuda.synchronize()"
+# container that forbids it), which only the first client finds out. The driver API through ctypes, not torch:
+# importing torch would add seconds to every server start for a check of a few CUDA calls.
+CLIENT_CHECK = """
+import ctypes, sys
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+except OSError as error:
+    sys.exit(f"no CUDA driver: {error}")
+def call(name, *args):
+    code = getattr(cuda, name)(*args)
+    if code:
+        text = ctypes.c_char_p()
+        cuda.cuGetErrorName(code, ctypes.byref(text))
+        sys.exit(f"{name} failed: {text.value.decode() if text.value else code}")
+device, context, memory = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+call("cuInit", 0)
+call("cuDeviceGet", ctypes.byref(device), 0)
+call("cuDevicePrimaryCtxRetain", ctypes.byref(context), device)
+call("cuCtxSetCurrent", context)
+call("cuMemAlloc_v2", ctypes.byref(memory), ctypes.c_size_t(4))
+call("cuMemsetD32_v2", memory, ctypes.c_uint(1), ctypes.c_size_t(1))
+call("cuCtxSynchronize")
+"""
 
 
 class MPSUnavailable(RuntimeError):

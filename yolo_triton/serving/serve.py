@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .. import errors
@@ -153,6 +154,7 @@ def start_mps(mode: str):
         return None
     if mode == "auto" and not visible_gpu_count():
         return None  # a CPU host: nothing to share
+    started = time.perf_counter()
     try:
         daemon = MPSDaemon().start()
     except MPSUnavailable as error:
@@ -160,7 +162,8 @@ def start_mps(mode: str):
             raise SystemExit(f"serve: {error}") from None
         print(f"serve: --mps auto: serving without MPS: {error}", flush=True)
         return None
-    print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']}); --mps off serves without it", flush=True)
+    print(f"serve: CUDA MPS daemon on ({daemon.env()['CUDA_MPS_PIPE_DIRECTORY']}, started and checked in "
+          f"{time.perf_counter() - started:.1f} s); --mps off serves without it", flush=True)
     return daemon
 
 

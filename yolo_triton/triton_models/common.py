@@ -148,6 +148,18 @@ def output_tensor(name: str, tensor) -> "pb_utils.Tensor":
     return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; 0.0 elsewhere): at ``initialize``, what the stub's start and
+    the model file's imports took, for a load line that says where a slow server start went."""
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the command name
+        with open("/proc/uptime") as uptime:
+            return float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def pick_device(args: dict):
     """The GPU Triton placed this model instance on (KIND_GPU, one instance per listed GPU), else the CPU.
 

@@ -1,7 +1,7 @@
 """Detector for RUNTIME=torch: our own PyTorch YOLOv7 / YOLOv4 modules, for GPU hosts without TensorRT.
 
 The weights are the artifact ``python -m build.create_onnx --save-torch`` wrote next to the ONNX (same network). On
-a GPU instance: FP16, channels_last, cuDNN autotuning, compiled — the ahead-of-time package `make build-engines`
+a GPU instance: FP16, channels_last, compiled — the ahead-of-time package `make build-engines`
 built (``model.pt2``, AOTInductor) where it fits this GPU and torch, else ``torch.compile`` at load (config parameter
 torch_compile, from the placement; "off" loads fast and uncompiled; every fallback said in the log) — and one CUDA
 graph per batch bucket (the config's preferred batch sizes and max_batch_size, else 1, 2, 4, … up to
@@ -13,6 +13,7 @@ GPU preprocess hands its tensor over without a host copy. Output: FP32 raw grid,
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -22,11 +23,12 @@ from yolo_triton.pipeline.gpu_detector import detector_runner, graph_buckets, pr
 from yolo_triton.models.torch_artifact import load_torch_artifact
 
 from .common import (StepTimes, config_parameters, error_response, groups_by_shape, input_tensor, logger,
-                     output_tensor, parse_model_config, pick_device, request_slices)
+                     output_tensor, parse_model_config, pick_device, process_age, request_slices)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        before, started = process_age(), time.perf_counter()
         config = parse_model_config(args)
         params = config_parameters(config)
         self.device = pick_device(args)
@@ -40,6 +42,7 @@ class TritonPythonModel:
         half = gpu and params["half"] == "true"
         self.dtype = torch.float16 if half else torch.float32
         self.model = model = prepare_for_gpu(model, self.device, self.dtype) if gpu else model.to(self.device)
+        weights = time.perf_counter() - started
         self.runner, self.compiled = None, "off"
         if gpu and params["cuda_graphs"] == "true":
             name = args["model_name"]
@@ -54,8 +57,12 @@ class TritonPythonModel:
                                                              "%s: %s", name, message),
                                                          os.path.join(version, params["compile_cache_file"]),
                                                          graph_buckets(preferred, self.max_batch_size))
-        logger.info("%s: %s on %s, %s, compiled %s, CUDA graphs %s", args["model_name"], spec.name, self.device,
-                    self.dtype, self.compiled, self.runner.buckets if self.runner else "off")
+        # where a slow start went: the stub's start and imports, the weights onto the device (CUDA's start on it
+        # included), the rest (the detector's compiling and graphs, said above)
+        logger.info("%s: %s on %s, %s, compiled %s, CUDA graphs %s; the stub's start and imports %.1f s, then "
+                    "initialize %.1f s (the weights onto %s %.1f s)", args["model_name"], spec.name, self.device,
+                    self.dtype, self.compiled, self.runner.buckets if self.runner else "off", before,
+                    time.perf_counter() - started, self.device, weights)
         self.times = StepTimes(args["model_name"], ["inputs", "infer", "responses"], self.device)
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
